@@ -1,0 +1,130 @@
+"""Attack interface (torchattacks-style, targeted) and its result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aid.models import NormalizedClassifier, check_images
+from aid.registry import Registry
+
+
+@dataclass
+class AttackResult:
+    """What every attack returns (all batched, on the input's device).
+
+    Attributes:
+        x_adv: adversarial images (B, C, H, W) in [0, 1].
+        success: (B,) bool, the classifier predicts the target class on ``x_adv``.
+        confidence: (B,) float, the classifier's softmax probability of the target class.
+        iterations: (B,) long, iterations used per sample.
+        maps: optional (B, 1, H, W) interpretation of ``x_adv`` by the attacked interpreter.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    confidence: Tensor
+    iterations: Tensor
+    maps: Tensor | None = None
+
+
+class Attack:
+    """Base of the targeted attacks on [0, 1] inputs (normalisation inside the model).
+
+    Subclasses implement :meth:`_run`; :meth:`__call__` validates the inputs, freezes the models for
+    the duration of the attack (eval mode, ``requires_grad=False``) and restores them afterwards.
+
+    Args:
+        classifier: target classifier ``f``.
+        eps: L∞ budget ε in pixel units of [0, 1] (paper: 0.031).
+        alpha: step size (paper: 1/255).
+        steps: number of iterations.
+        seed: seed of the attack's random numbers (random start, random choices); the same seed
+            gives the same adversarial examples.
+        progress: show a progress bar (off in tests and on non-zero ranks).
+    """
+
+    name: str = "attack"
+
+    def __init__(
+        self,
+        classifier: NormalizedClassifier,
+        eps: float = 0.031,
+        alpha: float = 1 / 255,
+        steps: int = 100,
+        seed: int | None = 0,
+        progress: bool = False,
+    ) -> None:
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        if int(steps) <= 0:
+            raise ValueError(f"steps must be > 0, got {steps}")
+        self.classifier = classifier
+        self.eps = float(eps)
+        self.alpha = float(alpha)
+        self.steps = int(steps)
+        self.seed = seed
+        self.progress = progress
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A generator on ``device`` seeded with the attack's seed (fresh per call, so calls repeat)."""
+        g = torch.Generator(device=device)
+        g.manual_seed(0 if self.seed is None else int(self.seed))
+        return g
+
+    def check(self, x: Tensor, target: Tensor, target_map: Tensor | None = None) -> Tensor:
+        """Validate inputs; return target as LongTensor (B,)."""
+        check_images(x, self.classifier)
+        t = torch.as_tensor(target, device=x.device).long()
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"target must hold one class per image ({x.shape[0]}), got {tuple(t.shape)}")
+        k = self.classifier.num_classes
+        if t.numel() and (t.min() < 0 or t.max() >= k):
+            raise ValueError(f"target classes must lie in [0, {k - 1}], got {t.tolist()}")
+        if target_map is not None:
+            want = (x.shape[0], 1, x.shape[2], x.shape[3])
+            if tuple(target_map.shape) != want:
+                raise ValueError(f"target_map must have shape {want}, got {tuple(target_map.shape)}")
+        return t
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Project onto the ε-ball around x and the [0, 1] box."""
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+
+    def __call__(self, x: Tensor, target: Tensor | int, target_map: Tensor | None = None) -> AttackResult:
+        """Attack images x (B, C, H, W) towards target classes (B,) (and, for ADV², target maps)."""
+        from aid.model_state import frozen_eval
+
+        t = self.check(x, target, target_map)
+        with frozen_eval(*self.models()), torch.enable_grad():
+            return self._run(x.detach(), t, target_map)
+
+    def models(self) -> list[torch.nn.Module]:
+        """Modules to keep frozen in eval mode during the attack (classifier, interpreter models)."""
+        return [self.classifier]
+
+    def _run(self, x: Tensor, target: Tensor, target_map: Tensor | None) -> AttackResult:
+        raise NotImplementedError  # abstractmethod: each attack implements its equation
+
+    @torch.no_grad()
+    def evaluate(self, x_adv: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(success (B,) bool, target-class confidence (B,)) of the classifier on x_adv."""
+        probs = self.classifier(x_adv).float().softmax(dim=1)
+        conf = probs.gather(1, target[:, None]).squeeze(1)
+        return probs.argmax(dim=1) == target, conf
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def build_attack(name: str, *args, **kwargs) -> Attack:
+    """Instantiate the attack registered under ``name`` (pgd, adv2, stadv, adv2_stadv, adv2_adaptive)."""
+    import aid.attacks  # noqa: F401  (fills the registry)
+
+    return ATTACKS.build(name, *args, **kwargs)

@@ -1,0 +1,149 @@
+"""CAM (Zhou et al. 2016; the paper's §3.3, Eqn 6-7) and Grad-CAM (Selvaraju et al. 2017)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aid.interpreters.base import INTERPRETERS, Interpreter, minmax_normalize
+from aid.interpreters.grad import SCORES, class_score, grad_input
+from aid.models import NormalizedClassifier
+
+
+def upsample_normalize(cams: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) upsampling of (B, 1, h, w) maps to ``size``, then per-image min-max.
+
+    Half-precision maps (autocast) are promoted to float32 first, so the normalisation keeps its precision.
+    """
+    cams = F.interpolate(
+        cams.float() if cams.dtype in (torch.float16, torch.bfloat16) else cams,
+        size=size,
+        mode="bilinear",
+        align_corners=False,
+    )
+    return minmax_normalize(cams)
+
+
+@INTERPRETERS.register("cam")
+class CAM(Interpreter):
+    """Class activation map: m_t[i, j] = Σ_k w_{t,k} a_k[i, j] (paper Eqn 7).
+
+    a_k is the last convolutional feature map (``classifier.features``) and w_t the target row of the
+    linear head that follows global average pooling (``classifier.linear_head``); the bias is a
+    constant shift that min-max normalisation removes. The map is upsampled bilinearly to the input
+    size and min-max normalised per image. The paper's Eqn 7 has no ReLU (default); ``relu=True``
+    clamps negative evidence first, as Grad-CAM does. The map is a forward computation, so with
+    ``create_graph=True`` it is differentiable with respect to x.
+
+    Args:
+        classifier: a classifier with global average pooling and a linear head.
+        relu: apply ReLU to the weighted sum before upsampling (default False, as Eqn 7).
+
+    Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1].
+
+    Example::
+
+        cam = CAM(classifier)
+        maps = cam(x, target)
+    """
+
+    name = "cam"
+    differentiable = True
+
+    def __init__(self, classifier: NormalizedClassifier, relu: bool = False) -> None:
+        super().__init__(classifier)
+        classifier.linear_head  # noqa: B018  (raises TypeError early if the head is not linear)
+        pool = getattr(getattr(classifier.backbone, "global_pool", None), "pool_type", "avg")
+        if pool != "avg":
+            raise ValueError(f"CAM needs global average pooling before the linear head, got {pool!r}")
+        self.relu = bool(relu)
+
+    def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
+        with torch.set_grad_enabled(create_graph):
+            feats = self.classifier.features(x)  # (B, D, h, w)
+            w = self.classifier.linear_head.weight[target].to(feats.dtype)  # (B, D)
+            cams = torch.einsum("bd,bdhw->bhw", w, feats)[:, None]
+            if self.relu:
+                cams = cams.relu()
+            return upsample_normalize(cams, x.shape[-2:])
+
+
+@INTERPRETERS.register("gradcam")
+class GradCAM(Interpreter):
+    """Grad-CAM: m = ReLU(Σ_k α_k A_k), α_k = spatial mean of ∂f_t/∂A_k, for any convolutional layer.
+
+    With the default layer (the last feature map, ``classifier.features``) and a global-average-pool
+    + linear head, α_k = w_{t,k} / (h·w), so Grad-CAM and CAM (with ``relu=True``) give the same
+    normalised map. A named layer is read with a forward hook removed on exit. The map is upsampled
+    bilinearly to the input size and min-max normalised per image; with ``create_graph=True`` it is
+    differentiable with respect to x (α then needs a double backward through the network).
+
+    Args:
+        classifier: target classifier ``f``.
+        layer: a module name inside ``classifier`` (e.g. ``"backbone.layer3"``) whose output is A;
+            None (default) = the output of ``classifier.features``.
+        score: ``"logit"`` (default) or ``"prob"``: the class score f_t.
+        relu: apply ReLU to the weighted sum (default True, as Selvaraju et al. and captum's
+            ``relu_attributions=True``).
+
+    Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1].
+
+    Example::
+
+        gradcam = GradCAM(classifier, layer="backbone.layer3")
+        maps = gradcam(x, target)
+    """
+
+    name = "gradcam"
+    differentiable = True
+
+    def __init__(
+        self,
+        classifier: NormalizedClassifier,
+        layer: str | None = None,
+        score: str = "logit",
+        relu: bool = True,
+    ) -> None:
+        super().__init__(classifier)
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.module: nn.Module | None = None
+        if layer is not None:
+            named = dict(classifier.named_modules())
+            if layer not in named:
+                some = ", ".join(n for n in list(named)[1:12] if n)
+                raise ValueError(f"layer {layer!r} is not a module of the classifier (e.g. {some}, ...)")
+            self.module = named[layer]
+        self.layer, self.score, self.relu = layer, score, bool(relu)
+
+    def activations_and_scores(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Activations A (B, D, h, w) of the layer and target scores (B,) in one forward pass."""
+        if self.module is None:
+            feats = self.classifier.features(x)
+            return feats, class_score(self.classifier.head(feats), target, self.score)
+        captured: list[Tensor] = []
+
+        def hook(module: nn.Module, inputs, output: Tensor) -> Tensor:
+            if not isinstance(output, Tensor) or output.dim() != 4:
+                raise TypeError(f"layer {self.layer!r} must output a (B, D, h, w) tensor")
+            captured.append(output)
+            # Later in-place ops (e.g. ReLU(inplace=True)) then write into the clone, not into A.
+            return output.clone()
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            scores = class_score(self.classifier(x), target, self.score)
+        finally:
+            handle.remove()
+        return captured[-1], scores
+
+    def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
+        with grad_input(x, create_graph) as xi:
+            acts, scores = self.activations_and_scores(xi, target)
+            (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=create_graph)
+            alpha = grads.mean(dim=(2, 3), keepdim=True)
+            cams = (alpha * acts).sum(dim=1, keepdim=True)
+            if self.relu:
+                cams = cams.relu()
+            return upsample_normalize(cams, x.shape[-2:])

@@ -1,0 +1,212 @@
+"""MASK: meaningful perturbation (Fong & Vedaldi 2017; paper §3.5, Eqn 9), one optimisation per input.
+
+A low-resolution *keep* mask m ∈ [0, 1]^(h×w) (1 keeps a pixel, 0 blurs it) is upsampled bilinearly to
+the input and optimised with Adam so that the perturbed image φ(x; m) loses the class:
+
+    ℓ_map(m; x) = p_c(φ(x; m)) + λ_area · mean|1 − m| + λ_tv · mean_{neighbours} |m_i − m_j|^β.
+
+The map is the deleted region 1 − m (upsampled): large = important. The paper's Eqn 9 writes the same
+game with the roles of m and 1 − m swapped; we follow Fong & Vedaldi's convention inside and report
+1 − m, so the map means "importance" like every other interpreter.
+
+Settings (defaults chosen for 32 px images, documented where they differ from the authors'):
+- mask side ``max(H // mask_scale, min_mask_size)``: 28×28 at 224 px as the authors (``mask_scale=8``);
+  16×16 at 32 px because of ``min_mask_size=16`` (an 8×8 mask, 4×4 pixels per cell, is too coarse for
+  the 8–14 px objects of 32 px images: on a toy shapes problem the map's energy on the object rose from
+  0.29 to 0.36 and the pointing accuracy to 0.72 with 16×16).
+- blur σ ``3.5·H/224`` with a floor of ``min_sigma`` (the authors: σ 3.5, 21×21 kernel at 224 px); the
+  floor is 2 px because σ 0.5 (the scaled value at 32 px) leaves small objects recognisable.
+- Adam lr 0.1, 300 iterations (the authors' interpreter; their Algorithm 1 resets with 300 iterations).
+- The regularisers are means over the mask (not sums), so their weights do not depend on the mask side.
+  The authors' 1e-4·Σ|1 − m| on 28×28 is 0.078·mean; at 32 px that deletes a third of the image (map
+  mean 0.34 for objects covering 8 %), so we use ``area_weight=0.5`` (map mean 0.09, the class
+  probability still drops from 0.9 to 0.13) and ``tv_weight=0.2`` with β = 3.
+- Initialisation m = 0.5 everywhere (deterministic): the optimisation then only has to decide
+  keep-or-delete per cell; ``seed`` seeds the random references (``perturbation="noise"``/``"color"``).
+
+The map is not differentiable with respect to x (the inner optimisation is not unrolled). ADV² against
+MASK (Algorithm 1) uses the public pieces: :meth:`init_mask`, :meth:`mask_loss` (differentiable with
+respect to x and the mask parameter, with ``create_graph``), :meth:`optimize`, :meth:`keep_mask` and
+:meth:`mask_to_map`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aid.interpreters.base import INTERPRETERS, Interpreter
+from aid.interpreters.blend import Blend
+from aid.model_state import frozen_eval
+from aid.models import NormalizedClassifier
+
+
+def total_variation(m: Tensor, beta: float = 3.0) -> Tensor:
+    """Per-sample mean of |m_i − m_j|^β over horizontal and vertical neighbours of m (B, 1, h, w) -> (B,)."""
+    dy = (m[:, :, 1:, :] - m[:, :, :-1, :]).abs().pow(beta).flatten(1)
+    dx = (m[:, :, :, 1:] - m[:, :, :, :-1]).abs().pow(beta).flatten(1)
+    return torch.cat([dy, dx], dim=1).mean(dim=1)
+
+
+def _no_inference_mode(who: str) -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{who} optimises with gradients and cannot run under torch.inference_mode(); "
+            "evaluate with Trainer(inference_mode=False) (gradients are enabled inside)"
+        )
+
+
+@INTERPRETERS.register("mask")
+class MaskInterpreter(Interpreter):
+    """MASK (Fong & Vedaldi 2017; paper Eqn 9): the blurred region that removes the class, found by Adam.
+
+    Args:
+        classifier: target classifier ``f``.
+        iterations: Adam steps per call of :meth:`attribute` (default 300).
+        lr: Adam learning rate on the mask (default 0.1).
+        area_weight: λ_area on mean|1 − m| (default 0.5).
+        tv_weight: λ_tv on the mean β-power of neighbour differences of m (default 0.2).
+        tv_beta: β of the total variation (default 3).
+        mask_scale: input side / mask side (default 8: 28×28 at 224 px).
+        min_mask_size: smallest mask side (default 16).
+        blur_sigma: σ of the blur in pixels; ``None`` scales 3.5 px at 224 px to the input, at least
+            ``min_sigma``.
+        min_sigma: floor of the scaled σ (default 2.0 px).
+        perturbation: reference of φ: ``blur`` (default), ``noise``, ``color`` (see :mod:`blend`).
+        init_value: initial value of the keep mask (default 0.5).
+        seed: seed of the random references (the blur has none); same seed, same maps.
+
+    Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1] (1 − m, upsampled).
+
+    Example:
+        >>> mask = MaskInterpreter(classifier, iterations=300)
+        >>> maps = mask.attribute(x, target)  # (B, 1, H, W)
+    """
+
+    name = "mask"
+    differentiable = False
+
+    def __init__(
+        self,
+        classifier: NormalizedClassifier,
+        iterations: int = 300,
+        lr: float = 0.1,
+        area_weight: float = 0.5,
+        tv_weight: float = 0.2,
+        tv_beta: float = 3.0,
+        mask_scale: int = 8,
+        min_mask_size: int = 16,
+        blur_sigma: float | None = None,
+        min_sigma: float = 2.0,
+        perturbation: str = "blur",
+        init_value: float = 0.5,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(classifier)
+        if int(iterations) < 0:
+            raise ValueError(f"iterations must be >= 0, got {iterations}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if int(mask_scale) < 1 or int(min_mask_size) < 1:
+            raise ValueError(f"mask_scale and min_mask_size must be >= 1, got {mask_scale}, {min_mask_size}")
+        if not 0 <= init_value <= 1:
+            raise ValueError(f"init_value must lie in [0, 1], got {init_value}")
+        if perturbation == "mixed":
+            raise ValueError("MASK uses one reference: blur, noise or color")
+        self.iterations = int(iterations)
+        self.lr = float(lr)
+        self.area_weight = float(area_weight)
+        self.tv_weight = float(tv_weight)
+        self.tv_beta = float(tv_beta)
+        self.mask_scale = int(mask_scale)
+        self.min_mask_size = int(min_mask_size)
+        self.init_value = float(init_value)
+        self.seed = seed
+        self.phi = Blend(perturbation, blur_sigma=blur_sigma, blur_sigma_224=3.5, min_sigma=min_sigma)
+
+    # ----- the pieces ADV² against MASK (Algorithm 1) builds on -----------------------------------
+
+    def mask_size(self, height: int, width: int) -> tuple[int, int]:
+        """Side (h, w) of the low-resolution mask for H×W inputs."""
+        h = min(max(height // self.mask_scale, self.min_mask_size), height)
+        w = min(max(width // self.mask_scale, self.min_mask_size), width)
+        return h, w
+
+    def init_mask(self, x: Tensor) -> Tensor:
+        """Fresh mask parameter (B, 1, h, w) = ``init_value`` for images x, a leaf with ``requires_grad``."""
+        h, w = self.mask_size(*x.shape[-2:])
+        return torch.full((x.shape[0], 1, h, w), self.init_value, device=x.device, dtype=torch.float32,
+                          requires_grad=True)
+
+    def keep_mask(self, param: Tensor, size: tuple[int, int]) -> Tensor:
+        """Keep mask m (B, 1, H, W): the parameter clamped to [0, 1] and upsampled bilinearly to ``size``."""
+        m = param.clamp(0, 1)
+        return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def mask_to_map(self, param: Tensor, size: tuple[int, int]) -> Tensor:
+        """Attribution map 1 − m (B, 1, H, W) in [0, 1] of a mask parameter (B, 1, h, w)."""
+        return 1 - self.keep_mask(param, size)
+
+    def reference(self, x: Tensor) -> Tensor:
+        """The reference r of φ for x (B, C, H, W): its blur, or seeded random colours / noise."""
+        gen = None
+        if self.phi.random:
+            gen = torch.Generator(device=x.device)
+            gen.manual_seed(0 if self.seed is None else int(self.seed))
+        return self.phi.reference(x, gen)
+
+    def mask_loss(self, x: Tensor, target: Tensor, param: Tensor, reference: Tensor | None = None) -> Tensor:
+        """ℓ_map(m; x) per sample (B,): p_target(φ(x; m)) + λ_area·mean|1 − m| + λ_tv·TV_β(m).
+
+        Differentiable with respect to x (through φ and the blur reference) and the mask parameter
+        (B, 1, h, w); use ``torch.autograd.grad(..., create_graph=True)`` for look-ahead steps. The
+        caller provides gradient mode and a frozen classifier; ``reference`` defaults to
+        :meth:`reference` of x. Per-sample terms never mix samples, so a sum over the batch optimises
+        every image independently.
+        """
+        ref = self.reference(x) if reference is None else reference
+        m_low = param.clamp(0, 1)
+        perturbed = self.phi(x, self.keep_mask(param, x.shape[-2:]).to(x.dtype), reference=ref)
+        prob = self.classifier(perturbed).float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+        area = (1 - m_low).abs().flatten(1).mean(dim=1)
+        return prob + self.area_weight * area + self.tv_weight * total_variation(m_low, self.tv_beta)
+
+    def optimize(
+        self, x: Tensor, target: Tensor, steps: int | None = None, init: Tensor | None = None
+    ) -> Tensor:
+        """Run ``steps`` (default ``iterations``) Adam steps on the mask; returns the parameter (B, 1, h, w).
+
+        Starts from ``init`` (e.g. the previous estimate in Algorithm 1) or :meth:`init_mask`; the Adam
+        state is fresh on every call and the parameter is projected onto [0, 1] after each step. x is
+        treated as a constant; the classifier is frozen in eval mode for the call and restored.
+        """
+        _no_inference_mode("MASK")
+        steps = self.iterations if steps is None else int(steps)
+        target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
+        if x.is_inference():
+            x = x.clone()  # inference tensors cannot be saved for backward
+        x = x.detach()
+        start = self.init_mask(x) if init is None else init
+        param = start.detach().float().clone().clamp_(0, 1).requires_grad_(True)
+        with frozen_eval(self.classifier), torch.enable_grad():
+            with torch.no_grad():
+                ref = self.reference(x)
+            opt = torch.optim.Adam([param], lr=self.lr)
+            for _ in range(steps):
+                loss = self.mask_loss(x, target, param, ref).sum()
+                (grad,) = torch.autograd.grad(loss, param)
+                param.grad = grad
+                opt.step()
+                with torch.no_grad():
+                    param.clamp_(0, 1)
+        return param.detach()
+
+    # ----- interpreter interface -------------------------------------------------------------------
+
+    def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
+        # The map is a constant with respect to x (the optimisation is not unrolled); create_graph
+        # therefore returns it without a graph, and ADV² uses Algorithm 1 instead.
+        _no_inference_mode("MASK")
+        param = self.optimize(x, target)
+        return self.mask_to_map(param, x.shape[-2:])

@@ -1,0 +1,138 @@
+"""A ReLU whose backward pass is smooth, so that gradient maps have non-zero input gradients (§3.2).
+
+GRAD's map is ``|∂f_c(x)/∂x|``. For a ReLU network that gradient is piecewise constant in x: the
+backward pass multiplies by ReLU's derivative r(z) (a step function), whose own derivative is zero,
+so the gradient of any loss on the map (a second derivative of f) vanishes. The paper keeps the ReLU
+forward pass and replaces r(z) in the backward pass by (τ small, 1e-4 in the paper and the authors'
+code)::
+
+    h(z) = 1 + z / sqrt(z² + τ)   for z < 0     (the derivative of z + sqrt(z² + τ))
+    h(z) =     z / sqrt(z² + τ)   for z >= 0    (the derivative of sqrt(z² + τ))
+
+h is the derivative of a smooth approximation of ReLU (two branches that meet at sqrt(τ) in z = 0);
+it equals r(z) up to O(τ / z²) away from 0 and its own derivative τ / (z² + τ)^{3/2} is non-zero
+everywhere, which is what the attack needs. (As in the paper, h jumps from 1 to 0 at z = 0, within a
+band of width ~sqrt(τ) = 0.01.)
+
+The alternative of Dombrowski et al. (2019) replaces ReLU by softplus with a large β in the forward
+*and* backward pass (``surrogate="softplus"``); the forward pass then differs slightly from ReLU.
+
+:func:`smooth_relu` swaps both kinds of ReLU a model can use for the duration of a ``with`` block:
+``nn.ReLU`` modules (timm's ResNet and DenseNet use ``nn.ReLU(inplace=True)`` modules, DenseNet inside
+its ``BatchNormAct2d`` layers) and the functional ``F.relu`` / ``F.relu_`` / ``torch.relu`` /
+``torch.relu_``. The functional patch is process-wide while the block runs (other threads see it too)
+and cannot reach code that bound ``relu`` by name at import time (``from torch.nn.functional import
+relu``); the in-place variants return a new tensor instead of writing into their argument.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SURROGATES = ("h", "softplus")
+
+
+def smooth_step(z: Tensor, tau: float = 1e-4) -> Tensor:
+    """The paper's h(z), elementwise: a smooth stand-in for ReLU's derivative (same shape as z)."""
+    s = z * torch.rsqrt(z * z + tau)
+    return torch.where(z < 0, 1 + s, s)
+
+
+class SmoothReLUFunction(torch.autograd.Function):
+    """ReLU forward, ``grad · h(z)`` backward. The backward is written with differentiable torch ops,
+    so double backward (the gradient of a loss on a gradient map) flows through h'(z)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, tau: float) -> Tensor:
+        ctx.save_for_backward(z)
+        ctx.tau = tau
+        return z.clamp_min(0)  # not F.relu: that name may be patched by smooth_relu()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
+        (z,) = ctx.saved_tensors
+        return grad_out * smooth_step(z, ctx.tau), None
+
+
+def smooth_relu_fn(z: Tensor, tau: float = 1e-4) -> Tensor:
+    """ReLU(z) with the smooth backward h(z) (any shape)."""
+    return SmoothReLUFunction.apply(z, tau)
+
+
+class SmoothReLU(nn.Module):
+    """Drop-in for ``nn.ReLU`` used by :func:`smooth_relu` (never in place: the input is saved for h).
+
+    Args:
+        tau: τ of h(z) (paper: 1e-4).
+        surrogate: ``"h"`` (ReLU forward, h backward; the paper) or ``"softplus"`` (softplus with
+            ``beta`` forward and backward; Dombrowski et al.).
+        beta: β of the softplus surrogate (Dombrowski et al. raise it from 10 to 100).
+    """
+
+    def __init__(self, tau: float = 1e-4, surrogate: str = "h", beta: float = 10.0) -> None:
+        super().__init__()
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.tau, self.surrogate, self.beta = float(tau), surrogate, float(beta)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.surrogate == "softplus":
+            return F.softplus(z, beta=self.beta)
+        return smooth_relu_fn(z, self.tau)
+
+    def extra_repr(self) -> str:
+        return f"surrogate={self.surrogate}, tau={self.tau}, beta={self.beta}"
+
+
+@contextlib.contextmanager
+def smooth_relu(
+    model: nn.Module, tau: float = 1e-4, surrogate: str = "h", beta: float = 10.0
+) -> Iterator[nn.Module]:
+    """Within the block, every ReLU of ``model`` (modules and functional calls) uses the surrogate.
+
+    ``nn.ReLU`` children are swapped for :class:`SmoothReLU` and ``F.relu``, ``F.relu_``,
+    ``torch.relu``, ``torch.relu_`` are patched; everything is restored on exit, also when the block
+    raises. Graphs built inside the block keep the smooth backward after it ends, so a loss on a
+    map computed inside can be differentiated outside.
+
+    Example::
+
+        with smooth_relu(classifier):
+            g = torch.autograd.grad(classifier(x)[:, c].sum(), x, create_graph=True)[0]
+    """
+    act = SmoothReLU(tau, surrogate, beta)
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    patched = [
+        (F, "relu", F.relu),
+        (F, "relu_", F.relu_),
+        (torch, "relu", torch.relu),
+        (torch, "relu_", torch.relu_),
+    ]
+
+    def functional(z: Tensor, inplace: bool = False) -> Tensor:
+        return act(z)
+
+    try:
+        for parent in model.modules():
+            for name, child in parent._modules.items():
+                if isinstance(child, nn.ReLU):
+                    swapped.append((parent, name, child))
+        for parent, name, _ in swapped:
+            parent._modules[name] = act
+        for owner, name, _ in patched:
+            setattr(owner, name, functional)
+        yield model
+    finally:
+        for owner, name, original in patched:
+            setattr(owner, name, original)
+        for parent, name, child in swapped:
+            parent._modules[name] = child

@@ -1,0 +1,1 @@
+"""Evaluation callbacks (ADV², noise, transferability, squeezing, image grids) and the report writer."""

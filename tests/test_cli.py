@@ -1,0 +1,80 @@
+"""The LightningCLI entry points, run as users run them (child processes)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, run_script
+
+TINY = [
+    "--data.init_args.train_size", "64", "--data.init_args.val_size", "32", "--data.init_args.test_size", "32",
+    "--data.init_args.batch_size", "32", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+    "--model.init_args.channels", "[8, 16, 32, 64]",
+]
+
+
+def write_folder(root, classes=("cat", "dog"), n=4, size=40):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = (rng.random((size, size, 3)) * 255).astype("uint8")
+                Image.fromarray(arr).save(d / f"{i}.jpg")
+
+
+def test_one_epoch_fit_through_the_cli_writes_summary_checkpoint_and_offline_wandb_run(tmp_path):
+    res = run_script([str(ROOT / "train.py"), "--config", "classifier.yaml", *TINY], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "classifier"
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert 0.0 <= summary["val/acc"] <= 1.0 and "train/loss" in summary
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, "no offline W&B run directory"
+    # the offline run stores the logged metrics in its .wandb file
+    blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+    assert b"val/acc" in blob
+    # a second run in the same directory does not fail on the saved config
+    res2 = run_script([str(ROOT / "train.py"), "--config", "classifier.yaml", *TINY], cwd=tmp_path)
+    assert res2.returncode == 0, res2.stderr[-3000:]
+
+
+def test_datasets_switch_from_the_command_line_to_an_image_folder(tmp_path):
+    write_folder(tmp_path / "folder")
+    res = run_script(
+        [str(ROOT / "train.py"), "--config", "classifier.yaml",
+         "--data", "datamodules.ImageFolderDataModule", "--data.root", str(tmp_path / "folder"),
+         "--data.val_split", "test", "--data.image_size", "32",
+         "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+         "--model.init_args.channels", "[8, 16, 32, 64]", "--report_dir", str(tmp_path / "rep")],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert "val/acc" in summary
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model.init_args.optimizer", "rmsprop"], ["optimizer", "adamw"]),
+        (["--model.init_args.no_such_key", "1"], ["no_such_key"]),
+        (["--data.init_args.image_size", "8"], ["image_size"]),
+    ],
+)
+def test_wrong_config_values_fail_before_training_naming_the_key(tmp_path, args, words):
+    res = run_script([str(ROOT / "train.py"), "--config", "classifier.yaml", *args], cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    for w in words:
+        assert w in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "runs" / "classifier" / "checkpoints").exists()
+
+
+def test_unknown_config_name_lists_the_available_ones(tmp_path):
+    res = run_script([str(ROOT / "train.py"), "--config", "nope.yaml"], cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert "classifier.yaml" in res.stderr + res.stdout
