@@ -322,6 +322,8 @@ class ShapesDataModule(SplitDataModule):
         batch_size: images per batch (default 128).
         num_workers: DataLoader worker processes (default 0: the data already sits in memory).
         seed: base seed of the data and of the training shuffle (default 0).
+        augment: during training, apply a random flip and quarter-turn rotation to each image and its
+            mask (every class is closed under them), batched after the batch reaches the device.
 
     Batches are ``(images (B,3,H,W) in [0,1], labels (B,), masks (B,1,H,W) in {0,1})``.
 
@@ -334,8 +336,10 @@ class ShapesDataModule(SplitDataModule):
 
     def __init__(self, image_size: int = 64, num_classes: int = 8, train_size: int = 10000,
                  val_size: int = 1000, test_size: int = 1000, batch_size: int = 128, num_workers: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, augment: bool = True) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.augment = bool(augment)
+        self._augment_generator: torch.Generator | None = None
         self._image_size = check_positive_int("image_size", image_size, minimum=16)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
             2 <= num_classes <= len(SHAPE_NAMES)
@@ -360,6 +364,25 @@ class ShapesDataModule(SplitDataModule):
             if split not in self._splits:
                 self._splits[split] = ShapesDataset(split, self._sizes[split], self._image_size,
                                                     self._num_classes, self.seed)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Random dihedral augmentation of training batches (see ``augment``); other batches pass."""
+        trainer = getattr(self, "trainer", None)
+        if not (self.augment and trainer is not None and trainer.training):
+            return batch
+        x, y, m = batch
+        if self._augment_generator is None:
+            self._augment_generator = torch.Generator().manual_seed(self.seed + 7919)
+        draw = torch.randint(0, 8, (x.shape[0],), generator=self._augment_generator).to(x.device)
+        flip = (draw >= 4)[:, None, None, None]
+        x, m = torch.where(flip, x.flip(-1), x), torch.where(flip, m.flip(-1), m)
+        turns = draw % 4
+        out_x, out_m = x.clone(), m.clone()
+        for k in (1, 2, 3):  # three rotations for the whole batch, selected per image
+            sel = (turns == k)[:, None, None, None]
+            out_x = torch.where(sel, torch.rot90(x, k, (-2, -1)), out_x)
+            out_m = torch.where(sel, torch.rot90(m, k, (-2, -1)), out_m)
+        return out_x, y, out_m
 
     @property
     def num_classes(self) -> int:

@@ -62,7 +62,7 @@ def random_reference(
     noise_std: float = 0.11,
     color_range: float = 0.66,
 ) -> Tensor:
-    """Random reference (B, C, H, W): grey + a colour U(±color_range/2) per image and channel + N(0, noise_std²).
+    """Random reference (B, C, H, W): grey + colour U(±color_range/2) per image and channel + N(0, σ²).
 
     ``noise_std=0`` gives the ``color`` reference. Clamped to [0, 1]; no gradient. The numbers come from
     ``generator`` (on x's device) or the global generator when it is None.
@@ -151,7 +151,11 @@ class Blend:
         return ref
 
     def __call__(
-        self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None, reference: Tensor | None = None
+        self,
+        x: Tensor,
+        mask: Tensor,
+        generator: torch.Generator | None = None,
+        reference: Tensor | None = None,
     ) -> Tensor:
         """φ(x; m) (B, C, H, W); draws a reference unless one is given."""
         ref = self.reference(x, generator) if reference is None else reference

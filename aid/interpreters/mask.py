@@ -21,8 +21,9 @@ Settings (defaults chosen for 32 px images, documented where they differ from th
   The authors' 1e-4·Σ|1 − m| on 28×28 is 0.078·mean; at 32 px that deletes a third of the image (map
   mean 0.34 for objects covering 8 %), so we use ``area_weight=0.5`` (map mean 0.09, the class
   probability still drops from 0.9 to 0.13) and ``tv_weight=0.2`` with β = 3.
-- Initialisation m = 0.5 everywhere (deterministic): the optimisation then only has to decide
-  keep-or-delete per cell; ``seed`` seeds the random references (``perturbation="noise"``/``"color"``).
+- Initialisation m = 0.5 everywhere (deterministic); starting from m = 1 (keep everything) stalled on
+  the toy problem (the class probability stayed at 0.87). ``seed`` seeds the random references
+  (``perturbation="noise"`` / ``"color"``); the blur has no randomness.
 
 The map is not differentiable with respect to x (the inner optimisation is not unrolled). ADV² against
 MASK (Algorithm 1) uses the public pieces: :meth:`init_mask`, :meth:`mask_loss` (differentiable with
@@ -136,8 +137,9 @@ class MaskInterpreter(Interpreter):
     def init_mask(self, x: Tensor) -> Tensor:
         """Fresh mask parameter (B, 1, h, w) = ``init_value`` for images x, a leaf with ``requires_grad``."""
         h, w = self.mask_size(*x.shape[-2:])
-        return torch.full((x.shape[0], 1, h, w), self.init_value, device=x.device, dtype=torch.float32,
-                          requires_grad=True)
+        return torch.full(
+            (x.shape[0], 1, h, w), self.init_value, device=x.device, dtype=torch.float32, requires_grad=True
+        )
 
     def keep_mask(self, param: Tensor, size: tuple[int, int]) -> Tensor:
         """Keep mask m (B, 1, H, W): the parameter clamped to [0, 1] and upsampled bilinearly to ``size``."""

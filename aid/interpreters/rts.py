@@ -6,8 +6,8 @@ logits) and a U-Net decoder:
 - the class selector ``Embedding(num_classes, C_bottleneck)`` gates the bottleneck features: the dot
   product of each position's feature vector with the target class's embedding goes through a sigmoid
   and multiplies the features there (Dabkowski & Gal's selector with model confidence 0);
-- up-sampling blocks (3×3 conv to 4× channels, PixelShuffle ×2, concatenation of the encoder's skip
-  feature at that scale, 3×3 conv) climb back to 1/``mask_scale`` of the input;
+- up-sampling blocks (3×3 conv to 4× channels, PixelShuffle ×2, plus a 1×1 projection of the
+  encoder's skip feature at that scale, 3×3 conv) climb back to 1/``mask_scale`` of the input;
 - a 1×1 convolution gives two channels a, b and the mask is |a| / (|a| + |b| + eps), upsampled
   bilinearly to the input.
 
@@ -34,7 +34,10 @@ from aid.models import IMAGENET_MEAN, IMAGENET_STD, NormalizedClassifier
 
 
 class UpBlock(nn.Module):
-    """×2 up-sampling (conv 3×3 -> BN -> ReLU -> PixelShuffle) then a skip concatenation and a conv 3×3.
+    """×2 up-sampling (conv 3×3 -> BN -> ReLU -> PixelShuffle), plus a 1×1 projection of the skip, conv 3×3.
+
+    The skip feature is added (FPN-style) rather than concatenated: on CPU the backward pass of a 3×3
+    convolution over the concatenation at the finest scale cost more than the whole encoder.
 
     Shapes: x (B, C_in, h, w), skip (B, C_skip, h', w') or None -> (B, C_out, h', w') (or (2h, 2w)).
     """
@@ -47,19 +50,20 @@ class UpBlock(nn.Module):
             nn.ReLU(inplace=True),
             nn.PixelShuffle(2),
         )
+        self.skip = nn.Conv2d(skip_ch, out_ch, 1, bias=False) if skip_ch else None
         self.fuse = nn.Sequential(
-            nn.Conv2d(out_ch + skip_ch, out_ch, 3, padding=1, bias=False),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
             nn.BatchNorm2d(out_ch),
             nn.ReLU(inplace=True),
         )
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
-        """Up-sample x and fuse the skip feature (resized to match when the strides differ)."""
+        """Up-sample x and add the projected skip feature (resized when the strides differ)."""
         h = self.up(x)
-        if skip is not None:
+        if self.skip is not None and skip is not None:
             if h.shape[-2:] != skip.shape[-2:]:
                 h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            h = torch.cat([h, skip.to(h.dtype)], dim=1)
+            h = h + self.skip(skip.to(h.dtype))
         return self.fuse(h)
 
 
@@ -82,9 +86,10 @@ class RTSMasker(nn.Module):
     """Dabkowski & Gal's masking model: encoder + class selector + U-Net decoder -> mask, encoder logits.
 
     Args:
-        encoder: a timm model name (created with ``num_classes`` and ``encoder_kwargs``) or a timm model
-            (anything with ``forward_intermediates``, ``forward_head`` and ``feature_info``); a
-            :class:`~aid.models.NormalizedClassifier` contributes its backbone and normalisation.
+        encoder: a timm model name (created with ``num_classes`` and ``encoder_kwargs``), a timm model
+            (anything with ``forward_intermediates``, ``forward_head`` and ``feature_info``; used as
+            is), or a :class:`~aid.models.NormalizedClassifier` (a copy of its backbone and its
+            normalisation).
         num_classes: number of classes K (selector rows, encoder logits); taken from a module encoder
             when None.
         encoder_kwargs: passed to :func:`timm.create_model` when ``encoder`` is a name (e.g.
@@ -93,8 +98,9 @@ class RTSMasker(nn.Module):
             the authors with a pretrained encoder; gradients still flow to the input).
         mask_scale: the mask is predicted at 1/``mask_scale`` of the input side, then upsampled
             bilinearly (default 2: 16×16 for 32 px; the authors use 4, 56×56 at 224 px).
-        decoder_channels: widths of the up-sampling blocks; default: each skip's width, clipped to
-            [16, 128].
+        decoder_channels: widths of the up-sampling blocks; default: half of each skip's width (or of
+            the previous block's without a skip), clipped to [16, 64] — light enough that the
+            decoder costs less than the encoder at 32 px.
         mean, std: normalisation of [0, 1] inputs (default: from the encoder's pretrained config, else
             ImageNet).
         eps: added to |a| + |b| so that the ratio stays finite.
@@ -125,7 +131,7 @@ class RTSMasker(nn.Module):
         if isinstance(encoder, NormalizedClassifier):
             mean = encoder.mean.flatten().tolist() if mean is None else mean
             std = encoder.std.flatten().tolist() if std is None else std
-            encoder = encoder.backbone
+            encoder = copy.deepcopy(encoder.backbone)  # never share (and freeze) the classifier's weights
         if isinstance(encoder, str):
             if num_classes is None:
                 raise ValueError("num_classes is required when the encoder is given by name")
@@ -133,6 +139,8 @@ class RTSMasker(nn.Module):
         for attr in ("forward_intermediates", "forward_head", "feature_info"):
             if not hasattr(encoder, attr):
                 raise TypeError(f"the encoder must be a timm model with {attr}; got {type(encoder).__name__}")
+        if num_classes is not None and int(encoder.num_classes) != int(num_classes):
+            raise ValueError(f"the encoder has {encoder.num_classes} classes, num_classes is {num_classes}")
         self.num_classes = int(num_classes if num_classes is not None else encoder.num_classes)
         cfg = getattr(encoder, "pretrained_cfg", {}) or {}
         mean = tuple(mean if mean is not None else cfg.get("mean", IMAGENET_MEAN))
@@ -161,7 +169,7 @@ class RTSMasker(nn.Module):
         if decoder_channels is None:
             widths, prev = [], c_b
             for s in skip_chs:
-                prev = min(max(s if s else prev // 2, 16), 128)
+                prev = min(max((s if s else prev) // 2, 16), 64)
                 widths.append(prev)
         else:
             widths = [int(c) for c in decoder_channels]
@@ -173,12 +181,15 @@ class RTSMasker(nn.Module):
             in_ch = w
         self.decoder = nn.ModuleList(blocks)
         self.to_saliency = nn.Conv2d(in_ch, 2, 1)
+        # A copied backbone inherits its source's flags (a classifier may be frozen right now).
+        self.encoder.requires_grad_(not self.freeze_encoder)
         if self.freeze_encoder:
-            self.encoder.requires_grad_(False)
             self.encoder.eval()
 
     @classmethod
-    def from_classifier(cls, classifier: NormalizedClassifier, copy_weights: bool = True, **kwargs) -> RTSMasker:
+    def from_classifier(
+        cls, classifier: NormalizedClassifier, copy_weights: bool = True, **kwargs
+    ) -> RTSMasker:
         """A masker whose encoder is a deep copy of ``classifier``'s backbone (weights and normalisation).
 
         With ``copy_weights=False`` the encoder has the same architecture with freshly initialised
@@ -242,7 +253,12 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint}: expected a state_dict, got {type(state).__name__}")
-    picked = {k.split(key, 1)[1]: v for k, v in state.items() if key in k}
+    picked = {}
+    for k, v in state.items():
+        if k.startswith(key):
+            picked[k[len(key) :]] = v
+        elif f".{key}" in k:
+            picked[k.split(f".{key}", 1)[1]] = v
     if picked:
         state = picked
     try:
@@ -307,5 +323,6 @@ class RTSInterpreter(Interpreter):
             return self.masker.encoder_logits(x)
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
-        with frozen_eval(self.masker), torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
+        # Interpreter.attribute holds the masker (modules()) frozen in eval mode around this call.
+        with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
             return self.masker(x, target)[0]

@@ -1,6 +1,6 @@
 """The RTS training objective ℓ_int (paper Eqn 15 = Eqn 8 amortised; Dabkowski & Gal 2017).
 
-    ℓ_int = λ_tv·TV(m) + λ_ar·mean((m + 5e-4)^p_ar) + λ_p·preserve(f, φ(x; m)) + λ_d·destroy(f, φ(x; 1 − m))^λ4
+    ℓ_int = λ_tv·TV(m) + λ_ar·mean((m + 5e-4)^p) + λ_p·preserve(f, φ(x; m)) + λ_d·destroy(f, φ(x; 1 − m))^λ4
 
 - preserve: the kept region alone must still give class c. ``"hinge"`` (default, the authors' code):
   max(0, max_{j≠c} z_j − z_c + κ_p) on the logits z, κ_p = 1; ``"nll"`` (the paper's Eqn 15):
@@ -14,9 +14,13 @@
 
 Default weights are those of the authors' code: area 8 with power 0.3, preserver 0.3, destroyer 1 with
 power 1. The smoothness weight is 0.5 in Dabkowski & Gal's code and 0.005 in the ADV² authors' copy
-(notes.md); we keep the authors' 0.005 — with 0.5 the smoothness outweighs the area term on 32 px
-images and the masks collapse. With the paper's ``nll``/``prob`` forms the destroyer is at most 1, so
-the area weight must be lowered as well (the all-zero mask wins otherwise).
+(notes.md); we keep the authors' 0.005. On a toy 32 px shapes problem (4 classes, objects covering 8 %
+of the image, 300 Adam steps of batch 32) all three settings below learned to point at the object
+(pointing accuracy 0.94–1.0 from 0.5 at the start): the defaults (map mean 0.32), smoothness 0.5
+(smoother, map mean 0.24), and the paper's forms ``preserver="nll", destroyer="prob"`` with
+``preserve_weight=1`` (map mean 0.28). With the paper's forms keep the preserver weight near 1: the
+destroyer is then at most 1, and with preserver 0.3 the all-zero mask costs less than a mask on the
+object under the area weight 8.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ def smoothness(mask: Tensor, power: float = 2.0, border_penalty: float = 0.3) ->
     dx = (mask[:, :, :, 1:] - mask[:, :, :, :-1]).abs().pow(power).flatten(1).sum(1)
     tv = dy + dx
     if border_penalty > 0:
-        edges = torch.cat(
-            [mask[:, :, 0, :], mask[:, :, -1, :], mask[:, :, :, 0], mask[:, :, :, -1]], dim=-1
-        ).pow(power).flatten(1).sum(1)
+        edges = (
+            torch.cat([mask[:, :, 0, :], mask[:, :, -1, :], mask[:, :, :, 0], mask[:, :, :, -1]], dim=-1)
+            .pow(power)
+            .flatten(1)
+            .sum(1)
+        )
         tv = tv + border_penalty * edges
     return tv / power
 
