@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from aid.models import NormalizedClassifier, build_classifier
 
@@ -69,3 +70,21 @@ def load_classifier(
     )
     model.load_state_dict(strip_prefix(ckpt["state_dict"], "classifier."))
     return model
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO that writes to ``<path>.tmp`` then renames: a kill mid-write never leaves a
+    half-written checkpoint under the real name (``os.replace`` is atomic on POSIX and Windows).
+    Loading uses ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        with open(tmp, "rb") as f:  # flush to disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = True) -> dict:
+        return load_checkpoint(path, map_location or "cpu")

@@ -29,7 +29,9 @@ def frozen_eval(*models: nn.Module | None) -> Iterator[None]:
     try:
         yield
     finally:
-        for modes, flags in saved:
+        # Reverse order: when a module is passed twice (or with one of its children), the first save holds
+        # the caller's state and must be restored last.
+        for modes, flags in reversed(saved):
             for m, training in modes:
                 m.training = training
             for p, flag in flags:

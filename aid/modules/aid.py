@@ -1,0 +1,115 @@
+"""AID: adversarial interpretation distillation (paper §5 Defence 2, Appendix A2, Eqn 15–16).
+
+Trains an RTS masker ("RTSA") by alternating two losses on every batch:
+
+1. ℓ_int (Eqn 15) on the benign images, as in RTS training;
+2. ℓ_aid (Eqn 16) = −‖g(x) − g(A(x))‖₁ / (H·W): ADV² examples A(x) made against the *current*
+   masker must get maps that differ from the benign maps. The benign map is detached (ℓ_int anchors
+   it), so ℓ_aid moves only the maps of adversarial inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from aid.attacks.adv2 import ADV2
+from aid.interpreters import Interpreter
+from aid.interpreters.rts import RTSInterpreter, load_masker_state
+from aid.modules.rts import RTSModule
+
+
+class AIDModule(RTSModule):
+    """Train RTSA: an RTS masker with ADV² in the training loop.
+
+    Args:
+        classifier_ckpt: checkpoint of the frozen target classifier.
+        rts_ckpt: start from this trained RTS checkpoint (``None``: from scratch). Its masker is also
+            kept, frozen, as the ``rts`` interpreter so evaluations compare RTS with RTSA.
+        aid_weight: weight of ℓ_aid in its optimiser step.
+        attack_every_n_steps: make adversarial examples on every n-th batch (others only do ℓ_int).
+        attack_fraction: share of each batch that is attacked (in (0, 1]).
+        attack_kwargs: ADV² settings (eps, alpha, steps, warm_steps, lam, lam_enc, ...).
+        other args: as :class:`RTSModule`.
+
+    Logs ``train/loss`` (ℓ_int), ``train/aid`` (ℓ_aid), ``train/attack_asr``.
+    """
+
+    def __init__(
+        self,
+        classifier_ckpt: str,
+        rts_ckpt: str | None = None,
+        aid_weight: float = 1.0,
+        attack_every_n_steps: int = 1,
+        attack_fraction: float = 0.5,
+        attack_kwargs: dict[str, Any] | None = None,
+        **rts_kwargs: Any,
+    ) -> None:
+        super().__init__(classifier_ckpt, **rts_kwargs)
+        if not 0 < attack_fraction <= 1:
+            raise ValueError(f"model.attack_fraction must lie in (0, 1], got {attack_fraction}")
+        if attack_every_n_steps < 1:
+            raise ValueError(f"model.attack_every_n_steps must be >= 1, got {attack_every_n_steps}")
+        if aid_weight < 0:
+            raise ValueError(f"model.aid_weight must be >= 0, got {aid_weight}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.reference = None
+        if rts_ckpt is not None:
+            load_masker_state(self.masker, rts_ckpt)
+            self.reference = copy.deepcopy(self.masker).eval().requires_grad_(False)
+        self.attack_kwargs = dict(attack_kwargs or {})
+
+    def train(self, mode: bool = True) -> AIDModule:
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()
+        return self
+
+    def interpreters(self) -> dict[str, Interpreter]:
+        """``{"rtsa": the masker being trained, "rts": the starting RTS (when rts_ckpt was given)}``."""
+        out = {"rtsa": RTSInterpreter(self.classifier, masker=self.masker)}
+        if self.reference is not None:
+            out["rts"] = RTSInterpreter(self.classifier, masker=self.reference)
+        return out
+
+    def adversarial(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """ADV² examples against the current masker: (x_adv, target classes, success mask)."""
+        k = self.classifier.num_classes
+        gen = torch.Generator(device=x.device).manual_seed(int(self.hparams.seed) + self.global_step)
+        target = (y + torch.randint(1, k, y.shape, generator=gen, device=x.device)) % k
+        attack = ADV2(self.classifier, RTSInterpreter(self.classifier, masker=self.masker), **self.attack_kwargs)
+        result = attack(x, target)
+        return result.x_adv.detach(), target, result.success
+
+    def aid_loss(self, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor) -> Tensor:
+        """ℓ_aid (Eqn 16): minus the mean per-pixel L1 between benign and adversarial maps."""
+        with torch.no_grad():
+            benign = self.masker(x, y)[0]
+        adv = self.masker(x_adv, target)[0]
+        return -(adv - benign).abs().flatten(1).mean(1).mean()
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        opt = self.optimizers()
+        x, y = batch[0], batch[1]
+        terms = self.interpretation_loss(x, y)
+        opt.zero_grad()
+        self.manual_backward(terms["loss"])
+        opt.step()
+        self.log("train/loss", terms["loss"], prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
+
+        if batch_idx % self.hparams.attack_every_n_steps:
+            return
+        n = max(1, int(round(self.hparams.attack_fraction * x.shape[0])))
+        xs, ys = x[:n], y[:n]
+        x_adv, target, success = self.adversarial(xs, ys)
+        loss = self.hparams.aid_weight * self.aid_loss(xs, ys, x_adv, target)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        self.log("train/aid", loss, prog_bar=True)
+        self.log("train/attack_asr", success.float().mean())

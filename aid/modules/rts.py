@@ -1,0 +1,122 @@
+"""LightningModule that trains the RTS masking model against a frozen classifier (paper Eqn 15)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from aid.checkpoints import load_classifier
+from aid.interpreters import Interpreter
+from aid.interpreters.rts import RTSInterpreter, RTSMasker
+from aid.interpreters.rts_loss import RTSLoss
+
+
+class RTSModule(pl.LightningModule):
+    """Train an RTS masker ``g(x, c)`` with the interpretation loss ℓ_int (Eqn 15).
+
+    The classifier comes from a ``ClassifierModule`` checkpoint and stays frozen and in eval mode
+    (its batch-norm statistics never move, and DDP never reduces its gradients).
+
+    Args:
+        classifier_ckpt: checkpoint of the target classifier (``runs/classifier/checkpoints/last.ckpt``).
+        freeze_encoder: keep the masker's encoder (a copy of the classifier's backbone) fixed.
+        mask_scale: the mask is predicted at 1/mask_scale of the input side.
+        lr, weight_decay: AdamW settings.
+        area_weight (λ2), area_power, tv_weight (λ1), preserve_weight, destroy_weight (λ3),
+        destroy_power (λ4), preserver, destroyer: the terms of ℓ_int (see ``RTSLoss``).
+        seed: seed of the blend operator's random references.
+
+    Logs ``train/loss`` (and its terms ``train/area`` ...) and ``val/loss``.
+    """
+
+    def __init__(
+        self,
+        classifier_ckpt: str,
+        freeze_encoder: bool = True,
+        mask_scale: int = 2,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        area_weight: float = 8.0,
+        area_power: float = 0.3,
+        tv_weight: float = 0.005,
+        preserve_weight: float = 0.3,
+        destroy_weight: float = 1.0,
+        destroy_power: float = 1.0,
+        preserver: Literal["hinge", "nll"] = "hinge",
+        destroyer: Literal["hinge", "prob"] = "hinge",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"model.lr must be > 0, got {lr}")
+        self.save_hyperparameters()
+        self.classifier = load_classifier(classifier_ckpt).eval().requires_grad_(False)
+        self.masker = RTSMasker.from_classifier(
+            self.classifier, freeze_encoder=freeze_encoder, mask_scale=mask_scale
+        )
+        self.rts_loss = RTSLoss(
+            area_weight=area_weight,
+            area_power=area_power,
+            tv_weight=tv_weight,
+            preserve_weight=preserve_weight,
+            destroy_weight=destroy_weight,
+            destroy_power=destroy_power,
+            preserver=preserver,
+            destroyer=destroyer,
+        )
+        self._gen: torch.Generator | None = None
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        k = getattr(dm, "num_classes", None)
+        if k is not None and int(k) != self.classifier.num_classes:
+            raise ValueError(
+                f"class-count mismatch: the classifier checkpoint has {self.classifier.num_classes} classes, "
+                f"the data has {k}"
+            )
+
+    def train(self, mode: bool = True) -> RTSModule:
+        """Train/eval mode for the masker; the classifier always stays in eval mode."""
+        super().train(mode)
+        self.classifier.eval()
+        return self
+
+    def interpreters(self) -> dict[str, Interpreter]:
+        """The module's own interpreters for the evaluation callbacks: ``{"rts": current masker}``."""
+        return {"rts": RTSInterpreter(self.classifier, masker=self.masker)}
+
+    def generator(self) -> torch.Generator:
+        """The blend operator's generator (seeded once per process and rank)."""
+        if self._gen is None or self._gen.device != self.device:
+            self._gen = torch.Generator(device=self.device)
+            self._gen.manual_seed(int(self.hparams.seed) + 1000 * self.global_rank)
+        return self._gen
+
+    def interpretation_loss(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """ℓ_int (Eqn 15) of the masker on images x (B, C, H, W) and classes y (B,); dict of terms."""
+        mask, _ = self.masker(x, y, upsample=False)
+        return self.rts_loss(self.classifier, x, y, mask, generator=self.generator())
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        terms = self.interpretation_loss(x, y)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
+        self.log("train/loss", terms["loss"], prog_bar=True)
+        return terms["loss"]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        terms = self.interpretation_loss(x, y)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        terms = self.interpretation_loss(x, y)
+        self.log_dict({f"test/{k}": v for k, v in terms.items()}, sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.masker.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

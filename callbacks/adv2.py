@@ -1,0 +1,180 @@
+"""ADV² evaluation (paper §4 Q1–Q2, Table 3, Figures 5–6, Table 7): PGD vs ADV² per interpreter."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from aid.attacks import AttackResult, build_attack
+from aid.attacks.targets import random_patch_maps
+from aid.interpreters import Interpreter
+from aid.metrics import AttackSuccessRate, MapDistance, MeanConfidence
+from callbacks.attack_cache import batch_key, cached
+from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
+from callbacks.report import ReportWriter
+
+INTERPRETER_FREE = ("pgd", "stadv")  # attacks that only fool the classifier
+ATTACK_NAMES = ("pgd", "adv2", "stadv", "adv2_stadv", "adv2_adaptive")
+MAP_METRICS = ("l1", "l2", "iou")
+
+
+def merged_kwargs(table: dict[str, dict[str, Any]], attack: str, interpreter: str | None) -> dict[str, Any]:
+    """Settings of ``attack`` for ``interpreter``: ``table[attack]`` updated by ``table[attack.interpreter]``."""
+    out = dict(table.get(attack, {}))
+    if interpreter is not None:
+        out.update(table.get(f"{attack}.{interpreter}", {}))
+    return out
+
+
+def benign_maps(trainer: pl.Trainer, name: str, interp: Interpreter, batch: EvalBatch) -> Tensor:
+    """Maps of the benign images for their true (= predicted) class, cached for the round."""
+    return cached(trainer, ("benign", name, batch_key(batch.index)), lambda: interp(batch.x, batch.y).detach())
+
+
+def run_attack(
+    trainer: pl.Trainer,
+    classifier: torch.nn.Module,
+    attack: str,
+    interp_name: str | None,
+    interp: Interpreter | None,
+    batch: EvalBatch,
+    target_map: Tensor | None,
+    target_kind: str,
+    kwargs: dict[str, Any],
+) -> AttackResult:
+    """Run (or fetch from the round's cache) one attack on one batch."""
+
+    def compute() -> AttackResult:
+        if interp is None:
+            atk = build_attack(attack, classifier, **kwargs)
+            return atk(batch.x, batch.target)
+        atk = build_attack(attack, classifier, interpreter=interp, **kwargs)
+        return atk(batch.x, batch.target, target_map)
+
+    # The settings are part of the key: callbacks with different attack settings never share examples.
+    settings = repr(sorted(kwargs.items()))
+    key = ("attack", attack, interp_name if interp is not None else None, target_kind, settings, batch_key(batch.index))
+    return cached(trainer, key, compute)
+
+
+class ADV2Evaluation(EvaluationCallback):
+    """ADV² against each interpreter, with PGD (and StAdv) as the baseline.
+
+    For every interpreter ``i`` and attack ``a`` it logs ``<prefix>/<i>/<a>/{asr, mc, l1, l2, iou}``:
+    attack success rate, mean target-class confidence of successful examples, and the distance
+    between the adversarial map (for the target class) and the benign map (for the true class),
+    over successful examples. With ``target_map="patch"`` the ADV² target is a random patch
+    (Table 7) and ``l1_target`` (distance to the target map) is logged beside ``l1``.
+
+    Args:
+        interpreters: interpreter names (the module's own, e.g. ``rts`` / ``rtsa``, or registry names).
+        attacks: among ``pgd``, ``adv2``, ``stadv``, ``adv2_stadv``, ``adv2_adaptive``.
+        target_map: ``benign`` (default), ``patch`` (random rectangle / circle).
+        attack_kwargs: settings per attack (``{"adv2": {...}, "adv2.rts": {...}}``).
+        interpreter_kwargs: settings per registry interpreter (``{"mask": {"iterations": 100}}``).
+        prefix: first part of the metric names.
+        num_images, batch_size, every_n_epochs, split, seed, progress: see ``EvaluationCallback``.
+    """
+
+    name = "adv2"
+
+    def __init__(
+        self,
+        interpreters: list[str] = ("grad", "cam", "rts", "mask"),
+        attacks: list[str] = ("pgd", "adv2"),
+        target_map: Literal["benign", "patch"] = "benign",
+        attack_kwargs: dict[str, dict[str, Any]] | None = None,
+        interpreter_kwargs: dict[str, dict[str, Any]] | None = None,
+        prefix: str = "adv2",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        bad = [a for a in attacks if a not in ATTACK_NAMES]
+        if bad:
+            raise ValueError(f"unknown attack(s) {bad}; allowed: {', '.join(ATTACK_NAMES)}")
+        self.interpreters = list(interpreters)
+        self.attacks = list(attacks)
+        self.target_map = target_map
+        self.attack_kwargs = attack_kwargs or {}
+        self.interpreter_kwargs = interpreter_kwargs or {}
+        self.prefix = prefix
+        self.name = prefix
+
+    def evaluate(self, trainer, pl_module, classifier, batches: list[EvalBatch]) -> dict[str, Metric]:
+        device = pl_module.device
+        interps = resolve_interpreters(pl_module, self.interpreters, self.interpreter_kwargs)
+        # Every rank creates every metric, even one with no images, so all ranks reduce the same set.
+        metrics: dict[str, Metric] = {}
+        for name in interps:
+            for attack in self.attacks:
+                base = f"{self.prefix}/{name}/{attack}"
+                metrics[f"{base}/asr"] = AttackSuccessRate().to(device)
+                metrics[f"{base}/mc"] = MeanConfidence().to(device)
+                for kind in MAP_METRICS:
+                    metrics[f"{base}/{kind}"] = MapDistance(kind).to(device)
+                if self.target_map != "benign" and attack not in INTERPRETER_FREE:
+                    metrics[f"{base}/l1_target"] = MapDistance("l1").to(device)
+
+        total = len(batches) * len(interps) * len(self.attacks)
+        with self.bar(trainer, total, f"{self.prefix} evaluation") as bar:
+            for batch in batches:
+                for name, interp in interps.items():
+                    benign = benign_maps(trainer, name, interp, batch)
+                    target = self._target_map(batch, benign)
+                    for attack in self.attacks:
+                        uses_interp = attack not in INTERPRETER_FREE
+                        result = run_attack(
+                            trainer,
+                            classifier,
+                            attack,
+                            name,
+                            interp if uses_interp else None,
+                            batch,
+                            target if uses_interp else None,
+                            self.target_map,
+                            merged_kwargs(self.attack_kwargs, attack, name if uses_interp else None),
+                        )
+                        adv_maps = (
+                            result.maps
+                            if uses_interp and result.maps is not None
+                            else interp(result.x_adv, batch.target)
+                        )
+                        base = f"{self.prefix}/{name}/{attack}"
+                        ok = result.success
+                        metrics[f"{base}/asr"].update(ok)
+                        metrics[f"{base}/mc"].update(result.confidence, ok)
+                        for kind in MAP_METRICS:
+                            metrics[f"{base}/{kind}"].update(adv_maps, benign, ok)
+                        if f"{base}/l1_target" in metrics:
+                            metrics[f"{base}/l1_target"].update(adv_maps, target, ok)
+                        bar.update(1)
+        return metrics
+
+    def _target_map(self, batch: EvalBatch, benign: Tensor) -> Tensor:
+        if self.target_map == "benign":
+            return benign
+        gen = torch.Generator(device=batch.x.device).manual_seed(self.seed + int(batch.index[0]))
+        return random_patch_maps(batch.x.shape[0], tuple(batch.x.shape[-2:]), generator=gen).to(benign)
+
+    def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
+        cols = ["asr", "mc", "l1", "l2", "iou"] + (["l1_target"] if self.target_map != "benign" else [])
+        lines = [
+            f"## {self.prefix}: attacks per interpreter (target map: {self.target_map})",
+            "",
+            "Attack success rate (asr), mean target confidence (mc) and the distance between adversarial and"
+            " benign maps (l1, l2 per pixel; iou of the top-25% regions), over successful examples"
+            " (paper Table 3, Figures 5–6" + (", Table 7" if self.target_map != "benign" else "") + ").",
+            "",
+            "| interpreter | attack | " + " | ".join(cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+        ]
+        for name in self.interpreters:
+            for attack in self.attacks:
+                base = f"{self.prefix}/{name}/{attack}"
+                cells = [f"{values[f'{base}/{c}']:.3f}" if f"{base}/{c}" in values else "–" for c in cols]
+                lines.append(f"| {name} | {attack} | " + " | ".join(cells) + " |")
+        report.add_section(self.prefix, "\n".join(lines))

@@ -1,0 +1,33 @@
+"""Adversarial examples and benign maps shared by the evaluation callbacks of one evaluation round.
+
+The ADV² evaluation, transferability, squeezing and image-grid callbacks need the same adversarial
+inputs; the cache lives on the trainer and is cleared whenever the global step or the trainer's
+function changes, so a round never reuses examples made against an older interpreter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import Tensor
+
+_ATTR = "_aid_eval_cache"
+
+
+def cached(trainer: pl.Trainer, key: tuple[Hashable, ...], compute: Callable[[], Any]) -> Any:
+    """Return the cached value for ``key`` in this evaluation round, computing it on a miss."""
+    stamp = (trainer.global_step, str(trainer.state.fn))
+    cache = getattr(trainer, _ATTR, None)
+    if cache is None or cache.get("__stamp__") != stamp:
+        cache = {"__stamp__": stamp}
+        setattr(trainer, _ATTR, cache)
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def batch_key(index: Tensor) -> tuple[int, ...]:
+    """A hashable identity of a batch: its dataset indices."""
+    return tuple(int(i) for i in index.tolist())

@@ -1,0 +1,167 @@
+"""ADV² against MASK (Algorithm 1): budget, determinism, per-sample independence, model state, effect."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aid.attacks.adv2 import ADV2, make_adv2
+from aid.attacks.adv2_mask import ADV2Mask, MaskFollower, bisect_step
+from aid.attacks.base import build_attack
+from aid.attacks.pgd import PGD
+from aid.attacks.strategies import map_mse
+from aid.interpreters.mask import MaskInterpreter
+from aid.model_state import frozen_eval
+from aid.models import build_classifier
+
+SIZE = 16
+EPS = 0.1
+
+
+def quadrant_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Toy 4-class images: class k has a slightly brighter quadrant k on a noisy grey background."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = 0.3 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
+    rows = torch.arange(SIZE).view(1, 1, -1, 1) // (SIZE // 2)
+    cols = torch.arange(SIZE).view(1, 1, 1, -1) // (SIZE // 2)
+    x = x + 0.12 * ((rows == (y // 2).view(-1, 1, 1, 1)) & (cols == (y % 2).view(-1, 1, 1, 1))).float()
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny resnet10t briefly trained on the quadrant toy (accurate, still attackable at ε = 0.1)."""
+    torch.manual_seed(0)
+    f = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
+    opt = torch.optim.Adam(f.parameters(), lr=1e-2)
+    for i in range(15):
+        x, y = quadrant_images(16, seed=i)
+        opt.zero_grad()
+        F.cross_entropy(f(x), y).backward()
+        opt.step()
+    return f.eval()
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    x, y = quadrant_images(8, seed=1234)
+    return x, (y + 1) % 4
+
+
+def make_attack(model, **kw) -> ADV2Mask:
+    interp = MaskInterpreter(model, iterations=20)
+    args = dict(eps=EPS, alpha=EPS / 5, steps=6, warm_steps=10, n_reset=3, reset_iterations=20, n_bs=5)
+    args.update(kw)
+    return ADV2Mask(model, interp, **args)
+
+
+@pytest.fixture(scope="module")
+def result(model, data):
+    return make_attack(model)(*data)
+
+
+def test_stays_in_the_eps_ball_and_the_unit_box(result, data):
+    x, _ = data
+    assert (result.x_adv - x).abs().max() <= EPS + 1e-6
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+
+
+def test_result_fields_have_batch_shapes_and_maps_are_mask_maps_of_x_adv(model, result, data):
+    x, t = data
+    assert result.success.shape == result.confidence.shape == result.iterations.shape == (8,)
+    assert result.maps.shape == (8, 1, SIZE, SIZE)
+    fresh = MaskInterpreter(model, iterations=20).attribute(result.x_adv, t)
+    assert torch.allclose(result.maps, fresh, atol=1e-5)
+
+
+def test_same_seed_gives_the_same_adversarial_examples(model, result, data):
+    again = make_attack(model)(*data)
+    assert torch.equal(again.x_adv, result.x_adv)
+    assert torch.equal(again.iterations, result.iterations)
+
+
+def test_batch_of_eight_equals_two_batches_of_four(model, result, data):
+    x, t = data
+    first, second = make_attack(model)(x[:4], t[:4]), make_attack(model)(x[4:], t[4:])
+    joined = torch.cat([first.x_adv, second.x_adv])
+    assert torch.allclose(joined, result.x_adv, atol=1e-4)
+    assert torch.equal(torch.cat([first.success, second.success]), result.success)
+
+
+def test_models_are_left_as_found(model, data):
+    x, t = data
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    weights = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    try:
+        make_attack(model, steps=2, warm_steps=2, n_reset=1, reset_iterations=2)(x[:2], t[:2])
+        assert model.training and all(m.training for m in model.modules())
+        assert flags == [p.requires_grad for p in model.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+        assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    finally:
+        model.eval()
+
+
+def test_reaches_the_target_class_for_most_samples(result):
+    assert result.success.float().mean() >= 0.75
+
+
+def test_moves_the_mask_map_towards_the_target_map_more_than_pgd(model, data):
+    x, t = data
+    interp = MaskInterpreter(model, iterations=20)
+    target_map = interp.attribute(x, model(x).argmax(1))
+    pgd = PGD(model, eps=EPS, alpha=EPS / 5, steps=16)(x, t)
+    adv2 = make_attack(model, steps=12, n_reset=4)(x, t, target_map)
+    both = pgd.success & adv2.success
+    assert both.sum() >= 4
+    d_pgd = map_mse(interp.attribute(pgd.x_adv, t), target_map)[both]
+    d_adv2 = map_mse(adv2.maps, target_map)[both]
+    assert d_adv2.mean() < d_pgd.mean()
+
+
+def test_bisection_finds_each_samples_largest_accepted_step():
+    x = torch.zeros(3, 1, 2, 2)
+    direction = torch.ones_like(x)
+    limits = torch.tensor([0.1, 0.55, 2.0])  # the last one lies beyond alpha_max
+
+    def accept(z):
+        return z.flatten(1).amax(dim=1) <= limits
+
+    s = bisect_step(accept, x, direction, alpha_max=1.0, n_bs=12)
+    assert torch.allclose(s, limits.clamp(max=1.0), atol=1e-3)
+    assert (s <= limits).all()
+
+
+def test_lookahead_loss_is_differentiable_with_respect_to_the_input(model, data):
+    x, _ = data
+    t = model(x).argmax(1)  # a class the images carry evidence for, so p_t responds to the mask
+    interp = MaskInterpreter(model, iterations=5)
+    with frozen_eval(model), torch.enable_grad():
+        follower = MaskFollower(interp, t, n_step=2)
+        follower.reset(x)
+        follower.update(x)
+        xv = x.clone().requires_grad_(True)
+        loss = follower.lookahead(xv, torch.zeros(8, 1, SIZE, SIZE))
+        (grad,) = torch.autograd.grad(loss.sum(), xv)
+    assert loss.shape == (8,)
+    assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_adv2_dispatches_to_algorithm_1_for_mask(model):
+    interp = MaskInterpreter(model, iterations=5)
+    assert isinstance(make_adv2(model, interp, steps=3), ADV2Mask)
+    assert isinstance(ADV2(model, interp, steps=3), ADV2Mask)
+    assert isinstance(build_attack("adv2_mask", model, interp), ADV2Mask)
+
+
+def test_rejects_an_interpreter_without_mask_pieces(model):
+    from aid.interpreters.cam import CAM
+
+    with pytest.raises(TypeError, match="MASK"):
+        ADV2Mask(model, CAM(model))

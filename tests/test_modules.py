@@ -1,0 +1,73 @@
+"""RTS and AID LightningModules: they train the masker and leave the classifier untouched."""
+
+import pytorch_lightning as pl
+import torch
+
+from aid.modules.aid import AIDModule
+from aid.modules.classifier import ClassifierModule
+from aid.modules.rts import RTSModule
+from datamodules import ShapesDataModule
+
+
+def tiny_data():
+    return ShapesDataModule(image_size=32, num_classes=4, train_size=32, val_size=16, test_size=16, batch_size=16)
+
+
+def save_classifier(path):
+    torch.manual_seed(0)
+    module = ClassifierModule(num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def fit(module, steps=2):
+    trainer = pl.Trainer(
+        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1, limit_val_batches=1, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=tiny_data())
+    return trainer
+
+
+def snapshot(model):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.requires_grad for p in model.parameters()],
+        [m.training for m in model.modules()],
+    )
+
+
+def test_rts_training_updates_the_masker_and_not_the_classifier(tmp_path):
+    module = RTSModule(str(save_classifier(tmp_path / "c.ckpt")))
+    before_cls = snapshot(module.classifier)
+    before_dec = [p.clone() for p in module.masker.decoder.parameters()]
+    fit(module)
+    after_cls = snapshot(module.classifier)
+    assert all(torch.equal(before_cls[0][k], after_cls[0][k]) for k in before_cls[0])  # BN buffers too
+    assert before_cls[1:] == after_cls[1:]
+    assert any(not torch.equal(a, b) for a, b in zip(before_dec, module.masker.decoder.parameters(), strict=True))
+    assert set(module.interpreters()) == {"rts"}
+
+
+def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    rts = RTSModule(str(ckpt))
+    trainer = fit(rts, steps=1)
+    trainer.save_checkpoint(tmp_path / "rts.ckpt")
+    module = AIDModule(
+        str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"),
+        attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 2},
+    )
+    assert torch.equal(
+        module.masker.to_saliency.weight, rts.masker.to_saliency.weight
+    ), "AID must start from the RTS weights"
+    before_cls = snapshot(module.classifier)
+    ref_before = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer = fit(module, steps=2)
+    after_cls = snapshot(module.classifier)
+    assert all(torch.equal(before_cls[0][k], after_cls[0][k]) for k in before_cls[0])
+    assert before_cls[1:] == after_cls[1:]
+    assert all(torch.equal(ref_before[k], v) for k, v in module.reference.state_dict().items())
+    assert not torch.equal(module.masker.to_saliency.weight, rts.masker.to_saliency.weight)
+    assert "train/aid" in trainer.callback_metrics
+    assert set(module.interpreters()) == {"rts", "rtsa"}

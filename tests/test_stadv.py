@@ -1,0 +1,174 @@
+"""StAdv and ADV² on StAdv (Appendix A1): flow warping, flow loss, box, determinism, independence, effect."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aid.attacks.base import build_attack
+from aid.attacks.stadv import ADV2StAdv, StAdv, apply_flow, flow_loss
+from aid.attacks.strategies import map_mse
+from aid.interpreters.cam import CAM
+from aid.interpreters.mask import MaskInterpreter
+from aid.models import build_classifier
+
+SIZE = 16
+
+
+def quadrant_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Toy 4-class images: class k has a slightly brighter quadrant k on a noisy grey background."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = 0.3 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
+    rows = torch.arange(SIZE).view(1, 1, -1, 1) // (SIZE // 2)
+    cols = torch.arange(SIZE).view(1, 1, 1, -1) // (SIZE // 2)
+    x = x + 0.12 * ((rows == (y // 2).view(-1, 1, 1, 1)) & (cols == (y % 2).view(-1, 1, 1, 1))).float()
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny resnet10t briefly trained on the quadrant toy."""
+    torch.manual_seed(0)
+    f = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
+    opt = torch.optim.Adam(f.parameters(), lr=1e-2)
+    for i in range(15):
+        x, y = quadrant_images(16, seed=i)
+        opt.zero_grad()
+        F.cross_entropy(f(x), y).backward()
+        opt.step()
+    return f.eval()
+
+
+@pytest.fixture(scope="module")
+def data(model):
+    """Eight toy images and, as targets, each image's second most likely class (reachable by a flow)."""
+    x, _ = quadrant_images(8, seed=1234)
+    with torch.no_grad():
+        return x, model(x).topk(2, dim=1).indices[:, 1]
+
+
+def attacks(model):
+    return {
+        "stadv": lambda **kw: StAdv(model, **{"steps": 30, "lr": 0.1, **kw}),
+        "adv2_stadv": lambda **kw: ADV2StAdv(model, CAM(model), **{"steps": 12, "warm_steps": 10, "lr": 0.1, **kw}),
+    }
+
+
+@pytest.fixture(scope="module")
+def results(model, data):
+    return {name: make()(*data) for name, make in attacks(model).items()}
+
+
+def test_zero_flow_is_the_identity_and_integer_flows_shift():
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(apply_flow(x, torch.zeros(2, 2, 8, 8)), x, atol=1e-6)
+    flow = torch.zeros(2, 2, 8, 8)
+    flow[:, 0] = 1.0  # every output pixel samples its right neighbour
+    flow[:, 1] = -1.0  # ... in the row above
+    out = apply_flow(x, flow)
+    assert torch.allclose(out[:, :, 1:, :-1], x[:, :, :-1, 1:], atol=1e-6)
+    assert torch.allclose(out[:, :, 0, :-1], x[:, :, 0, 1:], atol=1e-6)  # border padding repeats row 0
+
+
+def test_flow_loss_is_per_sample_zero_for_constant_flows_and_counts_each_pair_twice():
+    flow = torch.zeros(2, 2, 4, 4)
+    flow[0] = 0.7  # a constant (translation) flow is perfectly smooth
+    flow[1, 0, :, 2:] = 1.0  # a vertical edge of height 4 and jump 1
+    loss = flow_loss(flow, eps=0.0)
+    assert loss.shape == (2,)
+    assert loss[0] == 0
+    assert loss[1].item() == pytest.approx(2 * 4 * 1.0)
+
+
+def test_flow_loss_gradient_is_finite_at_zero_flow():
+    flow = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    (g,) = torch.autograd.grad(flow_loss(flow).sum(), flow)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", ["stadv", "adv2_stadv"])
+def test_stays_in_the_unit_box_and_is_not_an_linf_attack(name, results, model):
+    r = results[name]
+    assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert math.isinf(attacks(model)[name]().eps)
+
+
+@pytest.mark.parametrize("name", ["stadv", "adv2_stadv"])
+def test_same_seed_gives_the_same_adversarial_examples(name, results, model, data):
+    again = attacks(model)[name]()(*data)
+    assert torch.equal(again.x_adv, results[name].x_adv)
+
+
+def test_a_different_seed_draws_a_different_flow_start(model, data):
+    x, t = data
+    a = StAdv(model, steps=1, seed=0)(x, t).x_adv
+    b = StAdv(model, steps=1, seed=1)(x, t).x_adv
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["stadv", "adv2_stadv"])
+def test_batch_of_eight_equals_two_batches_of_four_without_random_start(name, model, data):
+    x, t = data
+    make = attacks(model)[name]
+    full = make(init_range=0.0)(x, t)
+    halves = [make(init_range=0.0)(x[i : i + 4], t[i : i + 4]) for i in (0, 4)]
+    assert torch.allclose(torch.cat([h.x_adv for h in halves]), full.x_adv, atol=1e-4)
+
+
+def test_random_start_of_a_batch_prefix_is_the_start_of_the_smaller_batch(model, data, results):
+    x, t = data
+    first = attacks(model)["stadv"]()(x[:4], t[:4])
+    assert torch.allclose(first.x_adv, results["stadv"].x_adv[:4], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["stadv", "adv2_stadv"])
+def test_models_are_left_as_found(name, model, data):
+    x, t = data
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    weights = [p.detach().clone() for p in model.parameters()]
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    try:
+        attacks(model)[name](steps=2, **({"warm_steps": 1} if name != "stadv" else {}))(x[:2], t[:2])
+        assert all(m.training for m in model.modules())
+        assert flags == [p.requires_grad for p in model.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+        assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize("name", ["stadv", "adv2_stadv"])
+def test_reaches_the_target_class_for_most_samples(name, results):
+    assert results[name].success.float().mean() > 0.5
+
+
+def test_adv2_stadv_brings_the_cam_closer_to_the_benign_map_than_stadv(model, data, results):
+    x, t = data
+    cam = CAM(model)
+    benign = cam.attribute(x, model(x).argmax(1))
+    both = results["stadv"].success & results["adv2_stadv"].success
+    assert both.sum() >= 4
+    d_stadv = map_mse(cam.attribute(results["stadv"].x_adv, t), benign)[both]
+    d_adv2 = map_mse(results["adv2_stadv"].maps, benign)[both]
+    assert d_adv2.mean() < d_stadv.mean()
+
+
+def test_adv2_stadv_against_mask_uses_the_follower_and_returns_mask_maps(model, data):
+    x, t = data
+    interp = MaskInterpreter(model, iterations=10)
+    r = ADV2StAdv(model, interp, steps=3, warm_steps=3, lr=0.1, n_reset=2, reset_iterations=10)(x[:4], t[:4])
+    assert r.maps.shape == (4, 1, SIZE, SIZE)
+    assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert torch.allclose(r.maps, interp.attribute(r.x_adv, t[:4]), atol=1e-5)
+
+
+def test_registry_names_build_the_attacks(model):
+    assert isinstance(build_attack("stadv", model), StAdv)
+    assert isinstance(build_attack("adv2_stadv", model, CAM(model)), ADV2StAdv)
+    with pytest.raises(ValueError, match="loss"):
+        StAdv(model, loss="l2")
