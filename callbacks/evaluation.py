@@ -18,7 +18,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import Metric, SumMetric
 from tqdm.auto import tqdm
 
 from aid.interpreters import Interpreter, build_interpreter
@@ -125,7 +125,11 @@ class EvaluationCallback(Callback):
         # fork_rng: the evaluation must not shift the training RNG stream (same run with or without it).
         with torch.random.fork_rng(devices=devices), frozen_eval(pl_module), torch.enable_grad():
             batches = list(self.batches(trainer, pl_module, split))
-            metrics = self.evaluate(trainer, pl_module, classifier, batches)
+            metrics = dict(self.evaluate(trainer, pl_module, classifier, batches))
+            # How many images all ranks evaluated together: each selected image is counted once.
+            count = SumMetric().to(pl_module.device)
+            count.update(torch.tensor(float(sum(len(b.y) for b in batches)), device=pl_module.device))
+            metrics[f"{self.name}/images"] = count
             values: dict[str, Tensor] = {}
             for key, metric in sorted(metrics.items()):
                 out = metric.compute()

@@ -101,8 +101,8 @@ def test_models_are_left_as_found(model, data):
         make_attack(model, steps=2, warm_steps=2, n_reset=1, reset_iterations=2)(x[:2], t[:2])
         assert model.training and all(m.training for m in model.modules())
         assert flags == [p.requires_grad for p in model.parameters()]
-        assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
-        assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+        assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
         assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     finally:
         model.eval()

@@ -136,7 +136,7 @@ def test_models_are_left_as_found(name, model, data):
         attacks(model)[name](steps=2, **({"warm_steps": 1} if name != "stadv" else {}))(x[:2], t[:2])
         assert all(m.training for m in model.modules())
         assert flags == [p.requires_grad for p in model.parameters()]
-        assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
         assert hooks == sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     finally:
         model.eval()

@@ -7,6 +7,7 @@ a look-ahead of the follower's next moves), as in Algorithm 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -121,7 +122,7 @@ def _straight_through_clamp(m: Tensor) -> Tensor:
 
 
 def bisect_step(
-    accept: Any, x_adv: Tensor, direction: Tensor, alpha_max: float, n_bs: int
+    accept: Callable[[Tensor], Tensor], x_adv: Tensor, direction: Tensor, alpha_max: float, n_bs: int
 ) -> Tensor:
     """Largest step s ∈ [0, α_max] per sample (B,) with ``accept(x_adv + s·direction)`` true, by bisection.
 
@@ -173,7 +174,14 @@ class ADV2Mask(Attack):
     Paper scale (Table 10, ImageNet, ResNet-50 / DenseNet-169): n_total 1000, n_step 4, n_reset 50,
     α_max 0.08, n_bs 12; the authors' scripts: 400 CW warm-start steps, 300-iteration resets, a
     prediction step L2-normalised to 0.05 and 10 bisections. Constructor defaults are scaled to the
-    embedded 32 px setting (64 images with the default resnet10t take about a minute on 2 CPU cores):
+    embedded 32 px setting. Cost: each outer iteration costs about 14 MASK iterations (4 inner steps,
+    one prediction step, 4 look-ahead steps with a double backward, ``n_bs`` forward passes), so the
+    defaults cost about 5 MASK runs of 300 iterations: 64 images at 32 px with the default resnet10t
+    (output stride 8) took 376 s on the shared 2-core machine under a load of about 4, where one
+    300-iteration MASK run took 72 s. On an idle machine MASK-300 should take about 13 s (estimated
+    from the input-gradient throughput in notes.md, not measured), hence about 70 s for the attack.
+    Fewer ``steps`` or a cheaper interpreter (its ``iterations`` set the final map's cost) scale it down.
+    About the step sizes:
     a unit L2 step spreads over 3 072 values at 32 px instead of 150 528 at 224 px (7× fewer per
     side), and the attack has 60 instead of 1000 iterations, so ``pred_step`` (0.1) and α_max (1.0)
     are larger than the authors' 0.05 and 0.08; both were chosen on a toy problem where they lowered
