@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
@@ -18,6 +18,27 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random order drawn from ``(seed, epoch)`` alone: Lightning calls :meth:`set_epoch` before each epoch,
+    so a run resumed from a checkpoint sees the same order in every later epoch as an uninterrupted run."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order :meth:`__iter__` yields."""
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class ZeroMaskDataset(Dataset):
@@ -54,7 +75,6 @@ class SplitDataModule(pl.LightningDataModule):
         self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
         self.seed = int(seed)
         self._splits: dict[str, Dataset] = {}
-        self._shuffle_generator: torch.Generator | None = None
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self._splits:
@@ -62,16 +82,11 @@ class SplitDataModule(pl.LightningDataModule):
         return self._splits[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = None
-        if shuffle:
-            if self._shuffle_generator is None:
-                self._shuffle_generator = torch.Generator().manual_seed(self.seed)
-            generator = self._shuffle_generator
+        dataset = self._dataset(split)
         return DataLoader(
-            self._dataset(split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,

@@ -339,7 +339,6 @@ class ShapesDataModule(SplitDataModule):
                  seed: int = 0, augment: bool = True) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.augment = bool(augment)
-        self._augment_generator: torch.Generator | None = None
         self._image_size = check_positive_int("image_size", image_size, minimum=16)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not (
             2 <= num_classes <= len(SHAPE_NAMES)
@@ -371,9 +370,10 @@ class ShapesDataModule(SplitDataModule):
         if not (self.augment and trainer is not None and trainer.training):
             return batch
         x, y, m = batch
-        if self._augment_generator is None:
-            self._augment_generator = torch.Generator().manual_seed(self.seed + 7919)
-        draw = torch.randint(0, 8, (x.shape[0],), generator=self._augment_generator).to(x.device)
+        # Seeded by the global step and rank, so a resumed run draws what an uninterrupted one would.
+        seed = (self.seed + 7919) * 1_000_003 + trainer.global_step * 64 + trainer.global_rank
+        gen = torch.Generator().manual_seed(seed)
+        draw = torch.randint(0, 8, (x.shape[0],), generator=gen).to(x.device)
         flip = (draw >= 4)[:, None, None, None]
         x, m = torch.where(flip, x.flip(-1), x), torch.where(flip, m.flip(-1), m)
         turns = draw % 4

@@ -89,10 +89,13 @@ class RTSModule(pl.LightningModule):
         return {"rts": RTSInterpreter(self.classifier, masker=self.masker)}
 
     def generator(self) -> torch.Generator:
-        """The blend operator's generator (seeded once per process and rank)."""
+        """The blend operator's generator, seeded from (seed, global step, rank): a resumed run repeats an
+        uninterrupted one, and every rank draws its own references."""
         if self._gen is None or self._gen.device != self.device:
             self._gen = torch.Generator(device=self.device)
-            self._gen.manual_seed(int(self.hparams.seed) + 1000 * self.global_rank)
+        step = self.global_step if self._trainer is not None else 0
+        rank = self.global_rank if self._trainer is not None else 0
+        self._gen.manual_seed(int(self.hparams.seed) * 1_000_003 + step * 1024 + rank)
         return self._gen
 
     def interpretation_loss(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
