@@ -33,6 +33,9 @@ class AIDModule(RTSModule):
         attack_every_n_steps: make adversarial examples on every n-th batch (others only do ℓ_int).
         attack_fraction: share of each batch that is attacked (in (0, 1]).
         attack_kwargs: ADV² settings (eps, alpha, steps, warm_steps, lam, lam_enc, ...).
+        train_encoder: also train the masker's encoder (frozen in RTS training by default).
+        keep_weight: weight of ℓ_keep = L1 between the benign maps of the masker and of the starting RTS
+            (needs ``rts_ckpt``), added to the ℓ_aid step so that benign maps stay those of RTS.
         other args: as :class:`RTSModule`.
 
     Logs ``train/loss`` (ℓ_int), ``train/aid`` (ℓ_aid), ``train/attack_asr``.
@@ -46,6 +49,8 @@ class AIDModule(RTSModule):
         attack_every_n_steps: int = 1,
         attack_fraction: float = 0.5,
         attack_kwargs: dict[str, Any] | None = None,
+        train_encoder: bool = False,
+        keep_weight: float = 0.0,
         **rts_kwargs: Any,
     ) -> None:
         super().__init__(classifier_ckpt, **rts_kwargs)
@@ -61,6 +66,11 @@ class AIDModule(RTSModule):
         if rts_ckpt is not None:
             load_masker_state(self.masker, rts_ckpt)
             self.reference = copy.deepcopy(self.masker).eval().requires_grad_(False)
+        if train_encoder:
+            # The encoder starts as a copy of the classifier, so ADV² fools it exactly as it fools f; letting
+            # AID move it is what allows RTSA to tell adversarial inputs from benign ones.
+            self.masker.freeze_encoder = False
+            self.masker.encoder.requires_grad_(True)
         self.attack_kwargs = dict(attack_kwargs or {})
 
     def train(self, mode: bool = True) -> AIDModule:
@@ -85,12 +95,18 @@ class AIDModule(RTSModule):
         result = attack(x, target)
         return result.x_adv.detach(), target, result.success
 
-    def aid_loss(self, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor) -> Tensor:
-        """ℓ_aid (Eqn 16): minus the mean per-pixel L1 between benign and adversarial maps."""
-        with torch.no_grad():
-            benign = self.masker(x, y)[0]
+    def aid_loss(self, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """ℓ_aid (Eqn 16, minus the mean per-pixel L1 between benign and adversarial maps; the benign map
+        detached) and ℓ_keep (per-pixel L1 of the benign maps to the starting RTS; 0 without one)."""
+        benign = self.masker(x, y)[0]
         adv = self.masker(x_adv, target)[0]
-        return -(adv - benign).abs().flatten(1).mean(1).mean()
+        aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
+        keep = torch.zeros((), device=x.device)
+        if self.reference is not None and self.hparams.keep_weight > 0:
+            with torch.no_grad():
+                ref = self.reference(x, y)[0]
+            keep = (benign - ref).abs().flatten(1).mean(1).mean()
+        return {"aid": aid, "keep": keep}
 
     def training_step(self, batch, batch_idx: int) -> None:
         opt = self.optimizers()
@@ -107,9 +123,11 @@ class AIDModule(RTSModule):
         n = max(1, int(round(self.hparams.attack_fraction * x.shape[0])))
         xs, ys = x[:n], y[:n]
         x_adv, target, success = self.adversarial(xs, ys)
-        loss = self.hparams.aid_weight * self.aid_loss(xs, ys, x_adv, target)
+        terms = self.aid_loss(xs, ys, x_adv, target)
+        loss = self.hparams.aid_weight * terms["aid"] + self.hparams.keep_weight * terms["keep"]
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
-        self.log("train/aid", loss, prog_bar=True)
+        self.log("train/aid", terms["aid"], prog_bar=True)
+        self.log("train/keep", terms["keep"])
         self.log("train/attack_asr", success.float().mean())
