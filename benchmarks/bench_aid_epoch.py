@@ -1,0 +1,184 @@
+"""Training speed of AID (RTS with ADV² in the loop) against plain RTS training, with peak memory.
+
+Both modules are built as the embedded configs build them: a classifier checkpoint of the embedded
+size (resnet10t, widths 32-64-128-256, output stride 8, 8 classes; random weights, saved to a temporary
+folder as tests/test_modules.py does), ``RTSModule`` with its defaults, and ``AIDModule`` with the
+settings of configs/rts_aid.yaml (ADV² with ε 0.031, α 2/255, 5 warm-start + 10 steps on half of each
+batch, lr 5e-4). Each trains for ``--warm-batches`` + N batches of the shapes data (batch 64 by default,
+32 px) with a Lightning ``Trainer`` (no logger, checkpoints or validation); the N timed batches give the
+median time per step and steps per second (N / their total time). Each module trains in its own Python
+process, so the peak resident memory of that process (``getrusage``; on GPU also
+``torch.cuda.max_memory_allocated``) is its own: ``peak_rss_mb`` covers the whole process (libraries, data,
+models), ``train_extra_mb`` the rise of the peak over the level at the start of training (high-water mark
+reset when training starts, Linux; on GPU allocated memory).
+
+    python benchmarks/bench_aid_epoch.py            # N = 20 timed batches of 64 images
+    python benchmarks/bench_aid_epoch.py --steps 50 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+import torch
+
+MODULES = ("rts", "aid")
+#: configs/rts_aid.yaml's model.init_args (without the checkpoints).
+AID_KWARGS = dict(
+    lr=0.0005,
+    aid_weight=1.0,
+    attack_fraction=0.5,
+    attack_every_n_steps=1,
+    attack_kwargs={"eps": 0.031, "alpha": 0.00784, "warm_steps": 5, "steps": 10},
+)
+
+
+def save_classifier(path: Path, args) -> Path:
+    """A random classifier checkpoint of the embedded size (what ClassifierModule saves)."""
+    from aid.modules.classifier import ClassifierModule
+
+    torch.manual_seed(args.seed)
+    module = ClassifierModule(
+        arch=args.model, num_classes=args.num_classes, output_stride=args.output_stride, channels=args.channels
+    )
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def run_worker(args) -> dict:
+    """Train one module in this process for warm + N batches and return its timings and memory."""
+    import pytorch_lightning as pl
+
+    from aid.modules.aid import AIDModule
+    from aid.modules.rts import RTSModule
+    from datamodules import ShapesDataModule
+
+    dev = args.device_obj
+    n_batches = args.warm_batches + args.steps
+    data = ShapesDataModule(
+        image_size=args.image_size, num_classes=args.num_classes, train_size=args.batch * n_batches,
+        val_size=args.batch, test_size=args.batch, batch_size=args.batch, seed=args.seed,
+    )
+    if args.worker == "aid":
+        module = AIDModule(args.ckpt, seed=args.seed, **AID_KWARGS)
+    else:
+        module = RTSModule(args.ckpt, seed=args.seed)
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.t0 = 0.0
+            self.resettable = False
+            self.base_mb = 0.0
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            common.sync(dev)
+            self.resettable = common.reset_peak_memory(dev)
+            self.base_mb = common.current_memory_mb(dev)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            common.sync(dev)
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            common.sync(dev)
+            self.times.append(time.perf_counter() - self.t0)
+
+    timer = Timer()
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=n_batches, limit_val_batches=0, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="gpu" if dev.type == "cuda" else "cpu", devices=[dev.index or 0] if dev.type == "cuda" else 1,
+        callbacks=[timer], deterministic=False,
+    )
+    trainer.fit(module, datamodule=data)
+    timed = timer.times[args.warm_batches:]
+    stats = common.Stats(args.worker, times=timed)
+    out = {
+        **stats.summary(),
+        "batches_timed": len(timed),
+        "steps_per_s": len(timed) / sum(timed) if timed else float("nan"),
+        "images_per_s": args.batch * len(timed) / sum(timed) if timed else float("nan"),
+        "train_peak_mb": common.peak_memory_mb(dev) if timer.resettable else None,
+        "train_extra_mb": common.peak_memory_mb(dev) - timer.base_mb if timer.resettable else None,
+        "peak_rss_mb": common._rss_peak_mb(),
+        "samples_s": timed,
+    }
+    if dev.type == "cuda":
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out
+
+
+def spawn(name: str, ckpt: Path, args, out: Path) -> dict:
+    """Run this script as a worker for module ``name`` in a fresh Python process."""
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--worker", name, "--ckpt", str(ckpt), "--worker-out", str(out),
+        "--model", args.model, "--num-classes", str(args.num_classes), "--output-stride", str(args.output_stride),
+        "--image-size", str(args.image_size), "--batch", str(args.batch), "--device", str(args.device_obj),
+        "--steps", str(args.steps), "--warm-batches", str(args.warm_batches), "--seed", str(args.seed),
+    ]
+    if args.channels:
+        cmd += ["--channels", ",".join(str(c) for c in args.channels)]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")]),
+               WANDB_MODE="offline", WANDB_SILENT="true")
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.base_parser(__doc__.split("\n")[0], batch=64)
+    p.add_argument("--steps", type=int, default=None, help="timed training batches N (default 20; 2 with --quick)")
+    p.add_argument("--warm-batches", type=int, default=None, help="untimed first batches (default 3; 1 quick)")
+    p.add_argument("--modules", default="rts,aid", help="which modules to train: rts, aid")
+    p.add_argument("--worker", choices=MODULES, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = common.finish_args(p.parse_args(argv))
+    args.steps = args.steps or (2 if args.quick else 20)
+    args.warm_batches = args.warm_batches if args.warm_batches is not None else (1 if args.quick else 3)
+    if args.worker:
+        common.write_json(args.worker_out, run_worker(args))
+        return {}
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_classifier(Path(tmp) / "classifier.ckpt", args)
+        for name in [m.strip() for m in args.modules.split(",") if m.strip()]:
+            results[name] = spawn(name, ckpt, args, Path(tmp) / f"{name}.json")
+    rows = []
+    for name, r in results.items():
+        rows.append({
+            "module": {"rts": "RTSModule", "aid": "AIDModule"}[name],
+            "median_ms_per_step": 1e3 * r["median_s"], "iqr_ms": 1e3 * r["iqr_s"], "steps_per_s": r["steps_per_s"],
+            "images_per_s": r["images_per_s"], "peak_rss_mb": r["peak_rss_mb"], "train_extra_mb": r["train_extra_mb"],
+            "gpu_peak_mb": r.get("gpu_peak_mb"),
+        })
+    if {"rts", "aid"} <= set(results):
+        ratio = results["aid"]["median_s"] / results["rts"]["median_s"]
+        rows.append({"module": "ratio AID / RTS (time per step)", "median_ms_per_step": ratio})
+    a = AID_KWARGS["attack_kwargs"]
+    t = common.table(
+        f"Training steps: batch {args.batch}, {args.image_size} px, {args.steps} timed steps "
+        f"(after {args.warm_batches}), {args.model} on {args.device_obj}",
+        ["module", "median_ms_per_step", "iqr_ms", "steps_per_s", "images_per_s", "peak_rss_mb", "train_extra_mb",
+         "gpu_peak_mb"], rows,
+        f"AID attacks {AID_KWARGS['attack_fraction']:.0%} of each batch with ADV2 (warm {a['warm_steps']} + "
+        f"{a['steps']} steps) every step. Memory in MiB, each module in its own process: peak_rss_mb = the "
+        "process's peak resident set (CPU); train_extra_mb = its rise during training (GPU: allocated memory); "
+        "gpu_peak_mb = torch.cuda.max_memory_allocated.",
+    )
+    return common.report("bench_aid_epoch", args, [t], [], {"raw": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Run every benchmark with the acceptance settings, print the tables and write ``results/<device>.json``.
+
+Each benchmark runs in its own Python process (clean memory figures, no state shared between them)
+with ``--json`` to a temporary file; this script gathers those payloads into one file,
+``benchmarks/results/<device>.json`` (``cpu`` or ``cuda-<gpu name>``), and prints every table and the
+acceptance checks. Run it on a quiet machine: other jobs make the timings meaningless.
+
+    python benchmarks/run_all.py                       # all, on CUDA when available
+    python benchmarks/run_all.py --device cpu --threads 2
+    python benchmarks/run_all.py --only bench_peers,bench_adv2_cost
+    python benchmarks/run_all.py --quick               # checks the scripts run (writes to a temp folder)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+HERE = Path(__file__).resolve().parent
+#: Benchmark -> extra arguments of its acceptance run (the scripts' defaults are the acceptance settings).
+BENCHMARKS: dict[str, list[str]] = {
+    "bench_peers": [],
+    "bench_adv2_cost": ["--check-call"],
+    "bench_batch_scaling": [],
+    "bench_aid_epoch": [],
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every benchmark")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    p.add_argument("--out", default=None, help="result file (default benchmarks/results/<device>.json)")
+    p.add_argument("--quick", action="store_true", help="pass --quick to every script (numbers mean nothing)")
+    args = p.parse_args(argv)
+
+    device = common.resolve_device(args.device)
+    names = list(BENCHMARKS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    if args.out:
+        out = Path(args.out)
+    elif args.quick:  # quick numbers never land in results/
+        out = Path(tempfile.gettempdir()) / f"aid-bench-{common.device_slug(device)}.quick.json"
+    else:
+        out = HERE / "results" / f"{common.device_slug(device)}.json"
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")]),
+               WANDB_MODE="offline", WANDB_SILENT="true")
+    payloads, failed = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            part = Path(tmp) / f"{name}.json"
+            cmd = [sys.executable, str(HERE / f"{name}.py"), "--device", str(device), "--json", str(part),
+                   *BENCHMARKS[name]]
+            if args.threads is not None:
+                cmd += ["--threads", str(args.threads)]
+            if args.quick:
+                cmd.append("--quick")
+            print(f"\n## {name}: {' '.join(cmd[1:])}", flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, cwd=common.ROOT)
+            if proc.returncode != 0 or not part.exists():
+                failed.append(name)
+                print(f"!! {name} failed (exit code {proc.returncode})", flush=True)
+                continue
+            payloads[name] = json.loads(part.read_text())
+            payloads[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+
+    result = {
+        "device": common.device_slug(device),
+        "quick": args.quick,
+        "env": common.environment(device),
+        "failed": failed,
+        "benchmarks": payloads,
+    }
+    common.write_json(out, result)
+
+    print("\n# Summary\n")
+    for name, payload in payloads.items():
+        print(f"\n## {name} ({payload['wall_s']} s)")
+        for t in payload["tables"]:
+            common.print_table(t)
+    checks = [{**c, "check": f"{name}: {c['check']}"} for name, pl in payloads.items() for c in pl["checks"]]
+    common.print_checks(checks)
+    if args.quick:
+        print("\n(--quick: these numbers mean nothing)")
+    print(f"\nwrote {out}")
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        sys.exit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
