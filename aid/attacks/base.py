@@ -79,12 +79,15 @@ class Attack:
     def check(self, x: Tensor, target: Tensor, target_map: Tensor | None = None) -> Tensor:
         """Validate inputs; return target as LongTensor (B,)."""
         check_images(x, self.classifier)
-        t = torch.as_tensor(target, device=x.device).long()
+        k = self.classifier.num_classes
+        try:
+            t = torch.as_tensor(target, device=x.device).long()
+        except (RuntimeError, OverflowError, TypeError, ValueError) as err:
+            raise ValueError(f"target classes must be integers in [0, {k - 1}], got {target!r}") from err
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"target must hold one class per image ({x.shape[0]}), got {tuple(t.shape)}")
-        k = self.classifier.num_classes
         if t.numel() and (t.min() < 0 or t.max() >= k):
             raise ValueError(f"target classes must lie in [0, {k - 1}], got {t.tolist()}")
         if target_map is not None:

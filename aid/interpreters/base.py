@@ -28,7 +28,10 @@ def minmax_normalize(maps: Tensor, eps: float = EPS) -> Tensor:
 
 def as_target_tensor(target: int | list[int] | Tensor, batch: int, num_classes: int, device) -> Tensor:
     """Captum-style target (int, list or tensor per example) -> LongTensor (B,), range-checked."""
-    t = torch.as_tensor(target, device=device).long()
+    try:
+        t = torch.as_tensor(target, device=device).long()
+    except (RuntimeError, OverflowError, TypeError, ValueError) as err:
+        raise ValueError(f"target classes must be integers in [0, {num_classes - 1}], got {target!r}") from err
     if t.dim() == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
