@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None, default_subcommand: str = "fit") -> AIDC
     if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         argv = [default_subcommand, *argv]
     argv = resolve_config_args(argv)
+    # We pass the (rewritten) command line as ``args`` on purpose; Lightning's warning about it is noise.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     return AIDCLI(
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"inference_mode": False},
