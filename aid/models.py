@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIZE = 8  # below this the strided stems of timm CNNs leave nothing to classify or to map
 
 
 class NormalizedClassifier(nn.Module):
@@ -124,6 +125,8 @@ def check_images(x: Tensor, model: NormalizedClassifier | None = None, name: str
         raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
+    if x.shape[-1] < MIN_SIZE or x.shape[-2] < MIN_SIZE:
+        raise ValueError(f"{name} is {x.shape[-2]}x{x.shape[-1]} pixels; the models need at least {MIN_SIZE}x{MIN_SIZE}")
     if model is not None and x.shape[1] != model.in_chans:
         raise ValueError(f"{name} has {x.shape[1]} channels, the model expects {model.in_chans}")
     if x.numel() and not torch.isfinite(x).all():

@@ -46,3 +46,9 @@ def test_check_images_rejects_bad_input(bad, match):
     model = build_classifier("resnet10t", num_classes=3, channels=[8, 16, 32, 64])
     with pytest.raises(ValueError, match=match):
         check_images(bad, model)
+
+
+def test_check_images_rejects_images_too_small_for_the_model():
+    model = build_classifier("resnet10t", num_classes=3, channels=[8, 16, 32, 64])
+    with pytest.raises(ValueError, match="at least"):
+        check_images(torch.rand(1, 3, 4, 32), model)
