@@ -126,7 +126,8 @@ def check_images(x: Tensor, model: NormalizedClassifier | None = None, name: str
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
     if x.shape[-1] < MIN_SIZE or x.shape[-2] < MIN_SIZE:
-        raise ValueError(f"{name} is {x.shape[-2]}x{x.shape[-1]} pixels; the models need at least {MIN_SIZE}x{MIN_SIZE}")
+        size = f"{x.shape[-2]}x{x.shape[-1]}"
+        raise ValueError(f"{name} is {size} pixels; the models need at least {MIN_SIZE}x{MIN_SIZE}")
     if model is not None and x.shape[1] != model.in_chans:
         raise ValueError(f"{name} has {x.shape[1]} channels, the model expects {model.in_chans}")
     if x.numel() and not torch.isfinite(x).all():
