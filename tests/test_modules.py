@@ -1,5 +1,6 @@
 """RTS and AID LightningModules: they train the masker and leave the classifier untouched."""
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -71,3 +72,21 @@ def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path)
     assert not torch.equal(module.masker.to_saliency.weight, rts.masker.to_saliency.weight)
     assert "train/aid" in trainer.callback_metrics
     assert set(module.interpreters()) == {"rts", "rtsa"}
+
+
+def test_evaluation_module_runs_trainer_test_with_a_datamodule_and_checks_class_count(tmp_path):
+    from aid.modules.evaluation import EvaluationModule
+
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    rts = RTSModule(str(ckpt))
+    trainer = fit(rts, steps=1)
+    trainer.save_checkpoint(tmp_path / "rts.ckpt")
+    module = EvaluationModule(classifier_ckpt=str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"))
+    assert set(module.interpreters()) == {"rts"}
+    tester = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        devices=1, inference_mode=False)
+    tester.test(module, datamodule=tiny_data())
+    assert "test/acc" in tester.callback_metrics
+    wrong = ShapesDataModule(image_size=32, num_classes=3, train_size=16, val_size=16, test_size=16, batch_size=16)
+    with pytest.raises(ValueError, match="class-count mismatch"):
+        tester.test(module, datamodule=wrong)

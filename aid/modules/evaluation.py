@@ -51,6 +51,9 @@ class EvaluationModule(pl.LightningModule):
         else:
             raise ValueError("give model.classifier_ckpt, or model.arch and model.num_classes")
         self.classifier = classifier.eval().requires_grad_(False)
+        # Record the real class count (what Lightning logs and checks against the datamodule's hparams).
+        self.hparams.num_classes = classifier.num_classes
+        self._hparams_initial.num_classes = classifier.num_classes
         self.maskers = torch.nn.ModuleDict()
         for name, ckpt in (("rts", rts_ckpt), ("rtsa", rtsa_ckpt)):
             if ckpt is not None:
@@ -60,6 +63,14 @@ class EvaluationModule(pl.LightningModule):
         k = self.classifier.num_classes
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=k)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=k)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        k = getattr(dm, "num_classes", None)
+        if k is not None and int(k) != self.classifier.num_classes:
+            raise ValueError(
+                f"class-count mismatch: the classifier has {self.classifier.num_classes} classes, the data has {k}"
+            )
 
     def interpreters(self) -> dict[str, Interpreter]:
         """``rts`` / ``rtsa`` interpreters from the given checkpoints."""
