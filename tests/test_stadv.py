@@ -6,41 +6,20 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from aid.attacks.base import build_attack
 from aid.attacks.stadv import ADV2StAdv, StAdv, apply_flow, flow_loss
 from aid.attacks.strategies import map_mse
 from aid.interpreters.cam import CAM
 from aid.interpreters.mask import MaskInterpreter
-from aid.models import build_classifier
+from tests.conftest import quadrant_classifier, quadrant_images
 
 SIZE = 16
 
 
-def quadrant_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Toy 4-class images: class k has a slightly brighter quadrant k on a noisy grey background."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 4
-    x = 0.3 + 0.2 * torch.rand(n, 3, SIZE, SIZE, generator=g)
-    rows = torch.arange(SIZE).view(1, 1, -1, 1) // (SIZE // 2)
-    cols = torch.arange(SIZE).view(1, 1, 1, -1) // (SIZE // 2)
-    x = x + 0.12 * ((rows == (y // 2).view(-1, 1, 1, 1)) & (cols == (y % 2).view(-1, 1, 1, 1))).float()
-    return x.clamp(0, 1), y
-
-
 @pytest.fixture(scope="module")
 def model():
-    """The tiny resnet10t briefly trained on the quadrant toy."""
-    torch.manual_seed(0)
-    f = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
-    opt = torch.optim.Adam(f.parameters(), lr=1e-2)
-    for i in range(15):
-        x, y = quadrant_images(16, seed=i)
-        opt.zero_grad()
-        F.cross_entropy(f(x), y).backward()
-        opt.step()
-    return f.eval()
+    return quadrant_classifier()
 
 
 @pytest.fixture(scope="module")
