@@ -42,8 +42,8 @@ TARGETS = {"grad": 3.5, "cam": 1.5, "rts": 2.5}
 #: What one step runs, for reading the ratios (f = the classifier).
 WORK = {
     "pgd": "f fwd + bwd",
-    "grad": "f fwd + bwd (l_prd); f fwd, bwd with graph, double bwd through h(z) (map)",
-    "cam": "f fwd + bwd (l_prd); backbone fwd + bwd again (CAM map, upsample, min-max)",
+    "grad": "one f fwd (logits and map), bwd with graph, double bwd through h(z)",
+    "cam": "one backbone fwd (logits and CAM from the same features) + bwd",
     "gradcam": "f fwd + bwd (l_prd); f fwd, head bwd with graph, double bwd (map)",
     "ig": "f fwd + bwd (l_prd); (n+1)-image path fwd, bwd with graph, double bwd (map)",
     "rts": "f fwd + bwd (l_prd); masker fwd + bwd (encoder = copy of f, decoder; mask and l_enc)",

@@ -31,14 +31,28 @@ import common
 import torch
 
 MODULES = ("rts", "aid")
-#: configs/rts_aid.yaml's model.init_args (without the checkpoints).
-AID_KWARGS = dict(
-    lr=0.0005,
-    aid_weight=1.0,
-    attack_fraction=0.5,
-    attack_every_n_steps=1,
-    attack_kwargs={"eps": 0.031, "alpha": 0.00784, "warm_steps": 5, "steps": 10},
-)
+
+
+def aid_kwargs() -> dict:
+    """``model.init_args`` of configs/rts_aid.yaml without the checkpoints: the main job's AID settings."""
+    import yaml
+
+    cfg = yaml.safe_load((common.ROOT / "configs" / "rts_aid.yaml").read_text())
+    kwargs = dict(cfg["model"]["init_args"])
+    for key in ("classifier_ckpt", "rts_ckpt"):
+        kwargs.pop(key, None)
+    return kwargs
+
+
+AID_KWARGS = aid_kwargs()
+
+
+def save_rts(path: Path, classifier_ckpt: Path) -> Path:
+    """An RTS checkpoint (random decoder) to start AID from, so that ℓ_keep's reference masker runs too."""
+    from aid.modules.rts import RTSModule
+
+    torch.save({"state_dict": RTSModule(str(classifier_ckpt)).state_dict()}, path)
+    return path
 
 
 def save_classifier(path: Path, args) -> Path:
@@ -68,7 +82,8 @@ def run_worker(args) -> dict:
         val_size=args.batch, test_size=args.batch, batch_size=args.batch, seed=args.seed,
     )
     if args.worker == "aid":
-        module = AIDModule(args.ckpt, seed=args.seed, **AID_KWARGS)
+        rts = save_rts(Path(args.worker_out).with_suffix(".rts.ckpt"), Path(args.ckpt))
+        module = AIDModule(args.ckpt, rts_ckpt=str(rts), seed=args.seed, **AID_KWARGS)
     else:
         module = RTSModule(args.ckpt, seed=args.seed)
 
@@ -172,9 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"(after {args.warm_batches}), {args.model} on {args.device_obj}",
         ["module", "median_ms_per_step", "iqr_ms", "steps_per_s", "images_per_s", "peak_rss_mb", "train_extra_mb",
          "gpu_peak_mb"], rows,
-        f"AID attacks {AID_KWARGS['attack_fraction']:.0%} of each batch with ADV2 (warm {a['warm_steps']} + "
-        f"{a['steps']} steps) every step. Memory in MiB, each module in its own process: peak_rss_mb = the "
-        "process's peak resident set (CPU); train_extra_mb = its rise during training (GPU: allocated memory); "
+        f"AID (configs/rts_aid.yaml's settings) attacks {AID_KWARGS['attack_fraction']:.0%} of each batch with "
+        f"ADV2 (warm {a['warm_steps']} + {a['steps']} steps) every step. Memory in MiB, each module in its own "
+        "process: peak_rss_mb = the process's peak resident set (CPU); train_extra_mb = its rise during "
+        "training (GPU: allocated memory); "
         "gpu_peak_mb = torch.cuda.max_memory_allocated.",
     )
     return common.report("bench_aid_epoch", args, [t], [], {"raw": results})

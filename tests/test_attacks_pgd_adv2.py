@@ -292,8 +292,54 @@ def test_strategies_are_chosen_by_interpreter_name(tiny_classifier):
     grad = build_interpretation_loss(build_interpreter("grad", tiny_classifier), pool=2)
     assert isinstance(grad, GradLoss) and grad.smooth.smooth and grad.pool == 2
     assert type(build_interpretation_loss(build_interpreter("ig", tiny_classifier))) is InterpretationLoss
-    assert type(build_interpretation_loss(build_interpreter("cam", tiny_classifier))) is InterpretationLoss
+    assert type(build_interpretation_loss(build_interpreter("cam", tiny_classifier))).__name__ == "CAMLoss"
     assert type(build_interpretation_loss(rts_interpreter(tiny_classifier))).__name__ == "RTSLoss"
+
+
+@pytest.mark.parametrize("name", ["cam", "grad"])
+def test_shared_pass_gives_the_classifier_logits_and_the_generic_loss(tiny_classifier, name):
+    # CAM and GRAD take ℓ_prd's logits from the pass that makes the map: the logits must be the
+    # classifier's and ℓ_int that of the map the generic strategy differentiates, gradients included.
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    t = torch.tensor([0, 1, 2, 3]) % tiny_classifier.num_classes
+    interp = build_interpreter(name, tiny_classifier)
+    strategy = build_interpretation_loss(interp)
+    target_map = torch.rand(4, 1, 16, 16)
+    xa = x.clone().requires_grad_(True)
+    logits, l_int, extra = strategy.logits_and_losses(xa, t, target_map)
+    torch.testing.assert_close(logits, tiny_classifier(x), rtol=1e-5, atol=1e-5)
+    xb = x.clone().requires_grad_(True)
+    ref = InterpretationLoss.__call__(strategy, xb, t, target_map)
+    torch.testing.assert_close(l_int, ref, rtol=1e-5, atol=1e-6)
+    (ga,) = torch.autograd.grad(l_int.sum(), xa)
+    (gb,) = torch.autograd.grad(ref.sum(), xb)
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    assert ga.abs().sum() > 0
+    assert torch.equal(extra, torch.zeros(4))
+
+
+def test_rts_shares_the_encoder_pass_only_while_the_encoder_is_the_classifier(tiny_classifier):
+    from aid.attacks.strategies import encoder_is_classifier
+
+    interp = rts_interpreter(tiny_classifier)
+    strategy = build_interpretation_loss(interp)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([1, 0, 1, 0])
+    target_map = torch.rand(4, 1, 16, 16)
+    assert encoder_is_classifier(interp.masker, tiny_classifier)
+    logits, l_int, extra = strategy.logits_and_losses(x, t, target_map)
+    torch.testing.assert_close(logits, tiny_classifier(x), rtol=1e-5, atol=1e-5)
+    ref_int, ref_extra = strategy.losses(x, t, target_map)
+    torch.testing.assert_close(l_int, ref_int)
+    torch.testing.assert_close(extra, ref_extra)
+    # An optimiser step on the encoder (in place) makes it a different network: separate passes again.
+    with torch.no_grad():
+        next(interp.masker.encoder.parameters()).add_(0.5)
+    assert not encoder_is_classifier(interp.masker, tiny_classifier)
+    logits, _, extra = strategy.logits_and_losses(x, t, target_map)
+    torch.testing.assert_close(logits, tiny_classifier(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(extra, ref_extra)
 
 
 def test_grad_loss_has_a_gradient_only_through_the_smooth_relu(trained, batch):

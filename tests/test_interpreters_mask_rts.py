@@ -309,6 +309,20 @@ def test_rts_loss_per_sample_reduction_matches_the_mean(tiny_classifier, masker,
     assert torch.allclose(per["loss"].mean(), mean["loss"], atol=1e-6)
 
 
+def test_rts_loss_with_fake_labels_keeps_only_area_and_smoothness_for_absent_classes(tiny_classifier, masker):
+    x, t = images(4, seed=11), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        mask = masker(x, t)[0]
+    real = torch.tensor([True, False, True, False])
+    crit = RTSLoss(reduction="none")
+    all_real = crit(tiny_classifier, x, t, mask, torch.Generator().manual_seed(0))
+    fake = crit(tiny_classifier, x, t, mask, torch.Generator().manual_seed(0), real=real)
+    assert torch.equal(fake["preserve"][~real], torch.zeros(2)) and torch.equal(fake["destroy"][~real], torch.zeros(2))
+    torch.testing.assert_close(fake["loss"][real], all_real["loss"][real])
+    only_reg = crit.area_weight * all_real["area"] + crit.tv_weight * all_real["tv"]
+    torch.testing.assert_close(fake["loss"][~real], only_reg[~real])
+
+
 def test_rts_loss_area_and_smoothness_favour_small_smooth_masks():
     from aid.interpreters.rts_loss import area, smoothness
 

@@ -50,6 +50,42 @@ def test_rts_training_updates_the_masker_and_not_the_classifier(tmp_path):
     assert set(module.interpreters()) == {"rts"}
 
 
+def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_path):
+    module = RTSModule(str(save_classifier(tmp_path / "c.ckpt")), fake_label_prob=0.5)
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(64) % 4
+    seen = {}
+
+    def spy(classifier, x, target, mask, generator=None, real=None):
+        seen["target"], seen["real"] = target, real
+        return {"loss": mask.sum()}
+
+    module.rts_loss.forward = spy
+    module.interpretation_loss(x, y, fake_labels=True)
+    first = (seen["target"].clone(), seen["real"].clone())
+    assert 10 < int((~first[1]).sum()) < 54  # about half of 64
+    assert torch.equal(first[0][first[1]], y[first[1]]) and (first[0][~first[1]] != y[~first[1]]).all()
+    module.interpretation_loss(x, y, fake_labels=True)
+    assert torch.equal(seen["target"], first[0]) and torch.equal(seen["real"], first[1])  # same step, same draw
+    module.interpretation_loss(x, y)  # validation: true classes only
+    assert torch.equal(seen["target"], y) and seen["real"] is None
+    with pytest.raises(ValueError, match="fake_label_prob"):
+        RTSModule(str(tmp_path / "c.ckpt"), fake_label_prob=1.0)
+
+
+def test_aid_keeps_batch_norm_statistics_fixed_while_training(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    attack = {"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1}
+    module = AIDModule(str(ckpt), train_encoder=True, attack_kwargs=attack)
+    module.train()
+    bns = [m for m in module.masker.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert any(m.training for m in module.masker.modules())  # the rest trains
+    stats = [m.running_mean.clone() for m in bns]
+    fit(module, steps=1)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, bns, strict=True))
+
+
 def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     rts = RTSModule(str(ckpt))

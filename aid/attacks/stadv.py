@@ -331,10 +331,10 @@ class ADV2StAdv(StAdv):
         best = BestIterate(x, self.kappa)
         for i in tqdm(range(self.steps + 1), desc="adv2_stadv", disable=not self.progress, leave=False):
             x_adv = apply_flow(x, opt.flow)
-            logits = self.classifier(x_adv)
-            conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
             step = self.warm_steps + i
             if follower is not None:
+                logits = self.classifier(x_adv)
+                conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
                 if i % self.n_reset == 0 or i == self.steps:
                     best.update(x_adv, map_mse(follower.reset(x_adv), target_map), conf, step=step)
                 if i == self.steps:
@@ -342,7 +342,8 @@ class ADV2StAdv(StAdv):
                 follower.update(x_adv)
                 l_int, extra = follower.lookahead(x_adv, target_map), 0.0
             else:
-                l_int, extra = self.strategy.losses(x_adv, target, target_map)
+                logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map)
+                conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
                 if i % self.select_every == 0 or i == self.steps:
                     best.update(x_adv, l_int, conf, step=step)
                 if i == self.steps:

@@ -10,11 +10,13 @@ interpreter's ``name``; a differentiable interpreter without an entry (``ig``, `
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aid.interpreters.base import Interpreter, build_interpreter
+from aid.interpreters.base import Interpreter, build_interpreter, minmax_normalize
 from aid.model_state import frozen_eval
 from aid.registry import Registry
 
@@ -97,13 +99,43 @@ class InterpretationLoss:
         """(ℓ_int (B,), extra loss (B,)); a family overrides it when one pass yields both."""
         return self(x_adv, target, target_map), self.extra_loss(x_adv, target)
 
+    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(classifier logits (B, K), ℓ_int (B,), extra loss (B,)) of x_adv, all differentiable.
+
+        By default the classifier runs once more for the logits; a family whose map is computed from a
+        forward pass of the classifier (CAM, GRAD) overrides it and takes the logits from that pass.
+        """
+        return self.interpreter.classifier(x_adv), *self.losses(x_adv, target, target_map)
+
     def modules(self) -> list[nn.Module]:
         """Modules the attack keeps frozen: the interpreter's classifier and extra modules."""
         return unique_modules([self.interpreter.classifier, *self.interpreter.modules()])
 
 
 STRATEGIES: Registry[InterpretationLoss] = Registry("interpretation loss")
-STRATEGIES.register("cam")(InterpretationLoss)
+
+
+@STRATEGIES.register("cam")
+class CAMLoss(InterpretationLoss):
+    """ℓ_int against CAM (§3.3): the generic loss on the CAM, with the logits from the same pass.
+
+    CAM is computed from the last feature map, and the classifier's logits are the pooled linear head
+    on that same map, so one backbone pass serves ℓ_prd and ℓ_int (a separate classifier pass would
+    double the cost of an ADV² step). Falls back to the generic two passes for an interpreter that is
+    not :class:`~aid.interpreters.cam.CAM` (e.g. a subclass that reads another layer).
+    """
+
+    name = "cam"
+
+    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from aid.interpreters.cam import CAM
+
+        if type(self.interpreter) is not CAM:
+            return super().logits_and_losses(x_adv, target, target_map)
+        clf = self.interpreter.classifier
+        feats = clf.features(x_adv)
+        maps = self.interpreter.from_features(feats, target, x_adv.shape[-2:])
+        return clf.head(feats), map_mse(maps, target_map, self.pool), self.extra_loss(x_adv, target)
 
 
 @STRATEGIES.register("grad")
@@ -112,8 +144,10 @@ class GradLoss(InterpretationLoss):
 
     With ReLU the gradient map is piecewise constant in x, so its loss has zero gradient; a second GRAD
     interpreter with ``smooth=True`` (same class score, τ of h(z)) gives the map whose loss is
-    differentiated. Only the interpretation term goes through h(z): the classification term of ADV²
-    uses the ordinary model, as in the authors' scripts. The target map comes from the ordinary
+    differentiated. One pass gives both terms: the smooth pass's forward is the ReLU network's, so its
+    logits are the classifier's, and ℓ_prd's backward then also goes through h(z) (the authors' scripts
+    run a separate ordinary pass for ℓ_prd; h(z) equals ReLU's step except within ~sqrt(τ) of 0, and
+    the shared pass saves a forward and a backward per step). The target map comes from the ordinary
     (evaluation) interpreter. The authors average-pool the GRAD map by 4 at 224 px (224 → 56) before
     the loss; ``pool`` does that (1 at 32 px by default).
 
@@ -152,6 +186,17 @@ class GradLoss(InterpretationLoss):
     def maps(self, x_adv: Tensor, target: Tensor) -> Tensor:
         return self.smooth.attribute(x_adv, target, create_graph=True)
 
+    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # The smooth pass's forward is the ReLU network's own, so its logits are exactly the
+        # classifier's: ℓ_prd reuses them instead of a second forward and backward. Only the backward
+        # of ℓ_prd changes (h(z) for the step r(z), which differ for pre-activations within ~sqrt(τ)
+        # of 0). With the softplus surrogate the forward differs, so the classifier runs separately.
+        if self.smooth.surrogate != "h":
+            return super().logits_and_losses(x_adv, target, target_map)
+        logits, grads = self.smooth.logits_and_gradient(x_adv, target, create_graph=True)
+        maps = minmax_normalize(grads.abs().amax(dim=1, keepdim=True))
+        return logits, map_mse(maps, target_map, self.pool), self.extra_loss(x_adv, target)
+
 
 @STRATEGIES.register("rts")
 class RTSLoss(InterpretationLoss):
@@ -177,14 +222,59 @@ class RTSLoss(InterpretationLoss):
         logits = self.interpreter.encoder_logits(x_adv)
         return F.cross_entropy(logits.float(), target, reduction="none")
 
-    def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor]:
+    def _mask_and_encoder_logits(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor]:
         # Eval mode and frozen weights as in ``attribute`` (an attack has frozen them already).
         with frozen_eval(*self.interpreter.modules()):
             mask, logits = self.interpreter.masker(x_adv, target)
         if mask.shape[-2:] != x_adv.shape[-2:]:
             mask = F.interpolate(mask, size=x_adv.shape[-2:], mode="bilinear", align_corners=False)
-        l_int = map_mse(mask, target_map, self.pool)
+        return map_mse(mask, target_map, self.pool), logits
+
+    def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor]:
+        l_int, logits = self._mask_and_encoder_logits(x_adv, target, target_map)
         return l_int, F.cross_entropy(logits.float(), target, reduction="none")
+
+    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # RTS's encoder is by default an exact (frozen) copy of the classifier's backbone: its logits are
+        # then the classifier's, and one masker pass serves ℓ_prd, ℓ_int and ℓ_enc. A trained or
+        # different encoder (RTSA with train_encoder, a timm encoder) gets the separate classifier pass.
+        if not encoder_is_classifier(self.interpreter.masker, self.interpreter.classifier):
+            return super().logits_and_losses(x_adv, target, target_map)
+        l_int, logits = self._mask_and_encoder_logits(x_adv, target, target_map)
+        return logits, l_int, F.cross_entropy(logits.float(), target, reduction="none")
+
+
+_SAME_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def encoder_is_classifier(masker: nn.Module, classifier: nn.Module) -> bool:
+    """Whether an RTS masker's encoder computes exactly the classifier (same class, weights, buffers and
+    input normalisation), so that its logits are the classifier's.
+
+    The answer is cached per masker with weak references to both models' tensors and their in-place
+    versions: an optimiser step or a replaced tensor invalidates it, and a repeated call walks the
+    tensors instead of comparing their values.
+    """
+    enc, backbone = getattr(masker, "encoder", None), getattr(classifier, "backbone", None)
+    if enc is None or backbone is None or type(enc) is not type(backbone):
+        return False
+    a = [*enc.state_dict(keep_vars=True).items(), ("mean", masker.mean), ("std", masker.std)]
+    b = [*backbone.state_dict(keep_vars=True).items(), ("mean", classifier.mean), ("std", classifier.std)]
+    if len(a) != len(b):
+        return False
+    tensors = [t for _, t in a + b]
+    versions = [t._version for t in tensors]
+    cached = _SAME_CACHE.get(masker)
+    if cached is not None:
+        refs, old_versions, answer = cached
+        if old_versions == versions and all(r() is t for r, t in zip(refs, tensors, strict=True)):
+            return answer
+    answer = all(
+        ka == kb and ta.shape == tb.shape and torch.equal(ta.detach(), tb.detach().to(ta.device))
+        for (ka, ta), (kb, tb) in zip(a, b, strict=True)
+    )
+    _SAME_CACHE[masker] = ([weakref.ref(t) for t in tensors], versions, answer)
+    return answer
 
 
 def build_interpretation_loss(interpreter: Interpreter, **kwargs) -> InterpretationLoss:

@@ -59,14 +59,17 @@ class CAM(Interpreter):
             raise ValueError(f"CAM needs global average pooling before the linear head, got {pool!r}")
         self.relu = bool(relu)
 
+    def from_features(self, feats: Tensor, target: Tensor, size: tuple[int, int]) -> Tensor:
+        """Normalised CAMs (B, 1, *size) from the last feature map (B, D, h, w) of the classifier."""
+        w = self.classifier.linear_head.weight[target].to(feats.dtype)  # (B, D)
+        cams = torch.einsum("bd,bdhw->bhw", w, feats)[:, None]
+        if self.relu:
+            cams = cams.relu()
+        return upsample_normalize(cams, size)
+
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
         with torch.set_grad_enabled(create_graph):
-            feats = self.classifier.features(x)  # (B, D, h, w)
-            w = self.classifier.linear_head.weight[target].to(feats.dtype)  # (B, D)
-            cams = torch.einsum("bd,bdhw->bhw", w, feats)[:, None]
-            if self.relu:
-                cams = cams.relu()
-            return upsample_normalize(cams, x.shape[-2:])
+            return self.from_features(self.classifier.features(x), target, x.shape[-2:])
 
 
 @INTERPRETERS.register("gradcam")
@@ -117,16 +120,28 @@ class GradCAM(Interpreter):
             self.module = named[layer]
         self.layer, self.score, self.relu = layer, score, bool(relu)
 
-    def activations_and_scores(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Activations A (B, D, h, w) of the layer and target scores (B,) in one forward pass."""
+    def activations_and_scores(self, x: Tensor, target: Tensor, cut: bool = False) -> tuple[Tensor, Tensor]:
+        """Activations A (B, D, h, w) of the layer and target scores (B,) in one forward pass.
+
+        With ``cut=True`` A is a fresh leaf that requires grad: the graph starts at the layer, so the
+        part of the network before it records nothing and the backward to A runs through the head only
+        (the map is then not differentiable with respect to x).
+        """
         if self.module is None:
-            feats = self.classifier.features(x)
+            if cut:
+                with torch.no_grad():
+                    feats = self.classifier.features(x)
+                feats = feats.detach().requires_grad_(True)
+            else:
+                feats = self.classifier.features(x)
             return feats, class_score(self.classifier.head(feats), target, self.score)
         captured: list[Tensor] = []
 
         def hook(module: nn.Module, inputs, output: Tensor) -> Tensor:
             if not isinstance(output, Tensor) or output.dim() != 4:
                 raise TypeError(f"layer {self.layer!r} must output a (B, D, h, w) tensor")
+            if cut:
+                output = output.detach().requires_grad_(True)
             captured.append(output)
             # Later in-place ops (e.g. ReLU(inplace=True)) then write into the clone, not into A.
             return output.clone()
@@ -139,9 +154,17 @@ class GradCAM(Interpreter):
         return captured[-1], scores
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
-        with grad_input(x, create_graph) as xi:
-            acts, scores = self.activations_and_scores(xi, target)
-            (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=create_graph)
+        if create_graph:
+            with grad_input(x, create_graph) as xi:
+                acts, scores = self.activations_and_scores(xi, target)
+                (grads,) = torch.autograd.grad(scores.sum(), acts, create_graph=True)
+        else:
+            # No graph to x needed: start it at the layer (the classifier's parameters are frozen here).
+            with torch.inference_mode(False), torch.enable_grad():
+                xi = x.clone() if x.is_inference() else x.detach()
+                acts, scores = self.activations_and_scores(xi, target, cut=True)
+                (grads,) = torch.autograd.grad(scores.sum(), acts)
+        with torch.set_grad_enabled(create_graph):
             alpha = grads.mean(dim=(2, 3), keepdim=True)
             cams = (alpha * acts).sum(dim=1, keepdim=True)
             if self.relu:

@@ -91,18 +91,26 @@ class Grad(Interpreter):
         self.score, self.smooth, self.surrogate = score, bool(smooth), surrogate
         self.tau, self.beta = float(tau), float(beta)
 
-    def gradient(self, x: Tensor, target: Tensor, create_graph: bool = False) -> Tensor:
-        """Raw input gradient ∂f_t(x)/∂x (B, C, H, W) of the target score (with the surrogate if smooth)."""
+    def logits_and_gradient(self, x: Tensor, target: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        """(logits (B, K), raw input gradient ∂f_t(x)/∂x (B, C, H, W)) from one pass (surrogate if smooth).
+
+        With ``create_graph=True`` and an x that requires grad, both stay differentiable w.r.t. x.
+        """
         ctx = (
             smooth_relu(self.classifier, self.tau, self.surrogate, self.beta)
             if self.smooth
             else contextlib.nullcontext()
         )
         with grad_input(x, create_graph) as xi, ctx:
-            s = class_score(self.classifier(xi), target, self.score)
+            logits = self.classifier(xi)
+            s = class_score(logits, target, self.score)
             # autograd.grad w.r.t. the input only: parameter .grad fields are never touched.
             (g,) = torch.autograd.grad(s.sum(), xi, create_graph=create_graph)
-        return g
+        return logits, g
+
+    def gradient(self, x: Tensor, target: Tensor, create_graph: bool = False) -> Tensor:
+        """Raw input gradient ∂f_t(x)/∂x (B, C, H, W) of the target score (with the surrogate if smooth)."""
+        return self.logits_and_gradient(x, target, create_graph)[1]
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
         g = self.gradient(x, target, create_graph)

@@ -81,10 +81,13 @@ class RTSLoss(nn.Module):
         noise_std, color_range, blur_prob: of the random reference (see :mod:`blend`).
         reduction: ``mean`` (default) over the batch or ``none`` for per-image losses (B,).
 
-    ``forward(classifier, x, target, mask, generator=None)``: x (B, C, H, W) in [0, 1], target (B,)
-    long, mask (B, 1, h, w) in [0, 1] (upsampled bilinearly for φ when h×w ≠ H×W) -> dict with
+    ``forward(classifier, x, target, mask, generator=None, real=None)``: x (B, C, H, W) in [0, 1], target
+    (B,) long, mask (B, 1, h, w) in [0, 1] (upsampled bilinearly for φ when h×w ≠ H×W) -> dict with
     ``loss`` (weighted total, differentiable) and the detached terms ``tv``, ``area``, ``preserve``,
     ``destroy``. The caller freezes the classifier; ``generator`` drives the random references.
+    ``real`` (B,) bool marks the images whose target class is present; for the others (Dabkowski &
+    Gal's *fake labels*: a class the image does not show) the preserver and destroyer are dropped, so
+    the area and smoothness terms drive the mask to empty. Default: every class is real.
 
     Example:
         >>> criterion = RTSLoss()
@@ -157,6 +160,7 @@ class RTSLoss(nn.Module):
         target: Tensor,
         mask: Tensor,
         generator: torch.Generator | None = None,
+        real: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Weighted ℓ_int and its terms (see the class docstring)."""
         target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
@@ -174,6 +178,9 @@ class RTSLoss(nn.Module):
         destroy = self.destroy_term(logits[x.shape[0] :], target)
         if self.destroy_power != 1:
             destroy = destroy.clamp_min(1e-8).pow(self.destroy_power)
+        if real is not None:
+            real = torch.as_tensor(real, device=x.device).bool().expand(x.shape[0])
+            preserve, destroy = preserve * real, destroy * real
         terms = {
             "tv": smoothness(mask),
             "area": area(mask, self.area_power),

@@ -27,7 +27,11 @@ class RTSModule(pl.LightningModule):
         lr, weight_decay: AdamW settings.
         area_weight (λ2), area_power, tv_weight (λ1), preserve_weight, destroy_weight (λ3),
         destroy_power (λ4), preserver, destroyer: the terms of ℓ_int (see ``RTSLoss``).
-        seed: seed of the blend operator's random references.
+        seed: seed of the blend operator's random references (and of the fake labels).
+        fake_label_prob: share of images whose class is replaced by a random other class that the image
+            does not show, with only the area and smoothness terms for them (Dabkowski & Gal's fake
+            labels): the masker learns to answer "absent" (an empty mask) when its selector asks for
+            a class the encoder does not see (default 0).
 
     Logs ``train/loss`` (and its terms ``train/area`` ...) and ``val/loss``.
     """
@@ -48,10 +52,13 @@ class RTSModule(pl.LightningModule):
         preserver: Literal["hinge", "nll"] = "hinge",
         destroyer: Literal["hinge", "prob"] = "hinge",
         seed: int = 0,
+        fake_label_prob: float = 0.0,
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
+        if not 0 <= fake_label_prob < 1:
+            raise ValueError(f"model.fake_label_prob must lie in [0, 1), got {fake_label_prob}")
         self.save_hyperparameters()
         self.classifier = load_classifier(classifier_ckpt).eval().requires_grad_(False)
         self.masker = RTSMasker.from_classifier(
@@ -98,14 +105,33 @@ class RTSModule(pl.LightningModule):
         self._gen.manual_seed(int(self.hparams.seed) * 1_000_003 + step * 1024 + rank)
         return self._gen
 
-    def interpretation_loss(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """ℓ_int (Eqn 15) of the masker on images x (B, C, H, W) and classes y (B,); dict of terms."""
+    def interpretation_loss(self, x: Tensor, y: Tensor, fake_labels: bool = False) -> dict[str, Tensor]:
+        """ℓ_int (Eqn 15) of the masker on images x (B, C, H, W) and classes y (B,); dict of terms.
+
+        With ``fake_labels`` (training), ``fake_label_prob`` of the classes are replaced by random other
+        classes, drawn from the step-seeded generator, and treated as absent.
+        """
+        return self.masker_loss(x, y, fake_labels)[0]
+
+    def masker_loss(
+        self, x: Tensor, y: Tensor, fake_labels: bool = False
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        """(ℓ_int terms, masks (B, 1, h, w) at the decoder's resolution, ``real`` (B,) bool or None):
+        :meth:`interpretation_loss` with the masks and which classes were kept (None: all)."""
+        gen = self.generator()
+        real = None
+        p = float(self.hparams.get("fake_label_prob", 0.0))
+        if fake_labels and p > 0:
+            k = self.classifier.num_classes
+            real = torch.rand(y.shape, generator=gen, device=y.device) >= p
+            other = (y + torch.randint(1, k, y.shape, generator=gen, device=y.device)) % k
+            y = torch.where(real, y, other)
         mask, _ = self.masker(x, y, upsample=False)
-        return self.rts_loss(self.classifier, x, y, mask, generator=self.generator())
+        return self.rts_loss(self.classifier, x, y, mask, generator=gen, real=real), mask, real
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        terms = self.interpretation_loss(x, y)
+        terms = self.interpretation_loss(x, y, fake_labels=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         self.log("train/loss", terms["loss"], prog_bar=True)
         return terms["loss"]
