@@ -46,7 +46,7 @@ WORK = {
     "cam": "one backbone fwd (logits and CAM from the same features) + bwd",
     "gradcam": "f fwd + bwd (l_prd); f fwd, head bwd with graph, double bwd (map)",
     "ig": "f fwd + bwd (l_prd); (n+1)-image path fwd, bwd with graph, double bwd (map)",
-    "rts": "f fwd + bwd (l_prd); masker fwd + bwd (encoder = copy of f, decoder; mask and l_enc)",
+    "rts": "one masker fwd + bwd (encoder = exact copy of f: its logits serve l_prd and l_enc; decoder: mask)",
     "mask": "n_step x (f fwd+bwd) update; f fwd+bwd pred; n_step x look-ahead double bwd; n_bs x f fwd",
 }
 

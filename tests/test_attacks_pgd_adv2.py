@@ -319,6 +319,22 @@ def test_shared_pass_gives_the_classifier_logits_and_the_generic_loss(tiny_class
     assert torch.equal(extra, torch.zeros(4))
 
 
+@pytest.mark.parametrize("name", ["cam", "grad", "rts"])
+def test_shared_pass_is_not_used_for_another_attacked_classifier(tiny_classifier, name):
+    import copy
+
+    other = copy.deepcopy(tiny_classifier)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.1)
+    interp = rts_interpreter(tiny_classifier) if name == "rts" else build_interpreter(name, tiny_classifier)
+    strategy = build_interpretation_loss(interp)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 1])
+    logits, _, _ = strategy.logits_and_losses(x, t, torch.rand(2, 1, 16, 16), other)
+    torch.testing.assert_close(logits, other(x))
+
+
 def test_rts_shares_the_encoder_pass_only_while_the_encoder_is_the_classifier(tiny_classifier):
     from aid.attacks.strategies import encoder_is_classifier
 

@@ -14,6 +14,12 @@ def tiny_data():
     return ShapesDataModule(image_size=32, num_classes=4, train_size=32, val_size=16, test_size=16, batch_size=16)
 
 
+def tiny_data_loader():
+    data = tiny_data()
+    data.setup("fit")
+    return data.train_dataloader()
+
+
 def save_classifier(path):
     torch.manual_seed(0)
     module = ClassifierModule(num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
@@ -77,13 +83,34 @@ def test_aid_keeps_batch_norm_statistics_fixed_while_training(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     attack = {"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1}
     module = AIDModule(str(ckpt), train_encoder=True, attack_kwargs=attack)
-    module.train()
     bns = [m for m in module.masker.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns)
     assert any(m.training for m in module.masker.modules())  # the rest trains
     stats = [m.running_mean.clone() for m in bns]
+    module.masker.train()  # even a masker put back in training mode: fit applies the rule again
     fit(module, steps=1)
     assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, bns, strict=True))
+
+
+def test_aid_keep_term_compares_benign_maps_for_the_true_class_only(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    rts = RTSModule(str(ckpt))
+    torch.save({"state_dict": rts.state_dict()}, tmp_path / "rts.ckpt")
+    module = AIDModule(str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), keep_weight=1.0, fake_label_prob=0.5)
+    asked = []
+    reference_forward = module.reference.forward
+
+    def spy(x, target, upsample=True):
+        asked.append(target.clone())
+        return reference_forward(x, target, upsample)
+
+    module.reference.forward = spy
+    fit(module, steps=1)
+    y_true = asked[0]
+    assert len(asked) >= 2 and all(0 <= int(c) < 4 for c in y_true)
+    # The ℓ_int step (first call) asks the reference for the batch's own labels, never the fake ones.
+    batch_y = next(iter(tiny_data_loader()))[1]
+    assert torch.equal(y_true, batch_y)
 
 
 def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path):

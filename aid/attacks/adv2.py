@@ -154,7 +154,7 @@ class ADV2(Attack):
 
     def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
         """(ℓ_adv (B,), ℓ_int (B,), logits (B, K)) of iterate x_adv at ADV² step ``step`` (0-based)."""
-        logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map)
+        logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map, self.classifier)
         prd = smoothed_cross_entropy(logits, target, linear_schedule(self.smoothing, step, self.steps))
         lam = linear_schedule(self.lam, step, self.steps)
         return prd + lam * l_int + self.lam_enc * extra, l_int, logits

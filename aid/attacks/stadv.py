@@ -342,7 +342,7 @@ class ADV2StAdv(StAdv):
                 follower.update(x_adv)
                 l_int, extra = follower.lookahead(x_adv, target_map), 0.0
             else:
-                logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map)
+                logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map, self.classifier)
                 conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
                 if i % self.select_every == 0 or i == self.steps:
                     best.update(x_adv, l_int, conf, step=step)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aid.interpreters.base import Interpreter, build_interpreter, minmax_normalize
+from aid.interpreters.base import Interpreter, build_interpreter
 from aid.model_state import frozen_eval
 from aid.registry import Registry
 
@@ -99,13 +99,21 @@ class InterpretationLoss:
         """(ℓ_int (B,), extra loss (B,)); a family overrides it when one pass yields both."""
         return self(x_adv, target, target_map), self.extra_loss(x_adv, target)
 
-    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(classifier logits (B, K), ℓ_int (B,), extra loss (B,)) of x_adv, all differentiable.
+    def logits_and_losses(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits (B, K) of ``classifier``, ℓ_int (B,), extra loss (B,)) of x_adv, all differentiable.
 
-        By default the classifier runs once more for the logits; a family whose map is computed from a
-        forward pass of the classifier (CAM, GRAD) overrides it and takes the logits from that pass.
+        ``classifier`` is the attacked model (default: the interpreter's). By default it runs once more
+        for the logits; a family whose map comes from a forward pass of that same model (CAM, GRAD,
+        RTS with a copied encoder) overrides this and takes the logits from that pass.
         """
-        return self.interpreter.classifier(x_adv), *self.losses(x_adv, target, target_map)
+        classifier = self.interpreter.classifier if classifier is None else classifier
+        return classifier(x_adv), *self.losses(x_adv, target, target_map)
+
+    def shares_classifier(self, classifier: nn.Module | None) -> bool:
+        """Whether the attacked model is the interpreter's own classifier (a shared pass is then exact)."""
+        return classifier is None or classifier is self.interpreter.classifier
 
     def modules(self) -> list[nn.Module]:
         """Modules the attack keeps frozen: the interpreter's classifier and extra modules."""
@@ -127,11 +135,13 @@ class CAMLoss(InterpretationLoss):
 
     name = "cam"
 
-    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def logits_and_losses(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         from aid.interpreters.cam import CAM
 
-        if type(self.interpreter) is not CAM:
-            return super().logits_and_losses(x_adv, target, target_map)
+        if type(self.interpreter) is not CAM or not self.shares_classifier(classifier):
+            return super().logits_and_losses(x_adv, target, target_map, classifier)
         clf = self.interpreter.classifier
         feats = clf.features(x_adv)
         maps = self.interpreter.from_features(feats, target, x_adv.shape[-2:])
@@ -186,15 +196,16 @@ class GradLoss(InterpretationLoss):
     def maps(self, x_adv: Tensor, target: Tensor) -> Tensor:
         return self.smooth.attribute(x_adv, target, create_graph=True)
 
-    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def logits_and_losses(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         # The smooth pass's forward is the ReLU network's own, so its logits are exactly the
         # classifier's: ℓ_prd reuses them instead of a second forward and backward. Only the backward
         # of ℓ_prd changes (h(z) for the step r(z), which differ for pre-activations within ~sqrt(τ)
         # of 0). With the softplus surrogate the forward differs, so the classifier runs separately.
-        if self.smooth.surrogate != "h":
-            return super().logits_and_losses(x_adv, target, target_map)
-        logits, grads = self.smooth.logits_and_gradient(x_adv, target, create_graph=True)
-        maps = minmax_normalize(grads.abs().amax(dim=1, keepdim=True))
+        if self.smooth.surrogate != "h" or not self.shares_classifier(classifier):
+            return super().logits_and_losses(x_adv, target, target_map, classifier)
+        logits, maps = self.smooth.logits_and_map(x_adv, target, create_graph=True)
         return logits, map_mse(maps, target_map, self.pool), self.extra_loss(x_adv, target)
 
 
@@ -234,12 +245,16 @@ class RTSLoss(InterpretationLoss):
         l_int, logits = self._mask_and_encoder_logits(x_adv, target, target_map)
         return l_int, F.cross_entropy(logits.float(), target, reduction="none")
 
-    def logits_and_losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def logits_and_losses(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         # RTS's encoder is by default an exact (frozen) copy of the classifier's backbone: its logits are
         # then the classifier's, and one masker pass serves ℓ_prd, ℓ_int and ℓ_enc. A trained or
         # different encoder (RTSA with train_encoder, a timm encoder) gets the separate classifier pass.
-        if not encoder_is_classifier(self.interpreter.masker, self.interpreter.classifier):
-            return super().logits_and_losses(x_adv, target, target_map)
+        if not self.shares_classifier(classifier) or not encoder_is_classifier(
+            self.interpreter.masker, self.interpreter.classifier
+        ):
+            return super().logits_and_losses(x_adv, target, target_map, classifier)
         l_int, logits = self._mask_and_encoder_logits(x_adv, target, target_map)
         return logits, l_int, F.cross_entropy(logits.float(), target, reduction="none")
 
@@ -251,9 +266,9 @@ def encoder_is_classifier(masker: nn.Module, classifier: nn.Module) -> bool:
     """Whether an RTS masker's encoder computes exactly the classifier (same class, weights, buffers and
     input normalisation), so that its logits are the classifier's.
 
-    The answer is cached per masker with weak references to both models' tensors and their in-place
-    versions: an optimiser step or a replaced tensor invalidates it, and a repeated call walks the
-    tensors instead of comparing their values.
+    The answer is cached per masker with weak references to both models' tensors, their in-place
+    versions, storages, dtypes and devices: an optimiser step, a replaced tensor or a cast invalidates
+    it, and a repeated call walks the tensors instead of comparing their values.
     """
     enc, backbone = getattr(masker, "encoder", None), getattr(classifier, "backbone", None)
     if enc is None or backbone is None or type(enc) is not type(backbone):
@@ -263,7 +278,8 @@ def encoder_is_classifier(masker: nn.Module, classifier: nn.Module) -> bool:
     if len(a) != len(b):
         return False
     tensors = [t for _, t in a + b]
-    versions = [t._version for t in tensors]
+    # ``.data =`` (device / dtype casts) swaps the storage without a version bump: key on it too.
+    versions = [(t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]
     cached = _SAME_CACHE.get(masker)
     if cached is not None:
         refs, old_versions, answer = cached

@@ -123,9 +123,10 @@ class GradCAM(Interpreter):
     def activations_and_scores(self, x: Tensor, target: Tensor, cut: bool = False) -> tuple[Tensor, Tensor]:
         """Activations A (B, D, h, w) of the layer and target scores (B,) in one forward pass.
 
-        With ``cut=True`` A is a fresh leaf that requires grad: the graph starts at the layer, so the
-        part of the network before it records nothing and the backward to A runs through the head only
-        (the map is then not differentiable with respect to x).
+        With ``cut=True`` A is a fresh leaf that requires grad: the graph starts at the layer, so with
+        frozen parameters (as inside :meth:`attribute`) the part of the network before it records
+        nothing and the backward to A runs through the head only (the map is then not differentiable
+        with respect to x).
         """
         if self.module is None:
             if cut:

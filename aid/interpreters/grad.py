@@ -112,6 +112,11 @@ class Grad(Interpreter):
         """Raw input gradient ∂f_t(x)/∂x (B, C, H, W) of the target score (with the surrogate if smooth)."""
         return self.logits_and_gradient(x, target, create_graph)[1]
 
+    def logits_and_map(self, x: Tensor, target: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        """(logits (B, K), map (B, 1, H, W)) from one pass; the map as :meth:`attribute` gives it (no
+        freezing or input checks: the caller, e.g. an attack, holds the classifier frozen)."""
+        logits, g = self.logits_and_gradient(x, target, create_graph)
+        return logits, minmax_normalize(g.abs().amax(dim=1, keepdim=True))
+
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
-        g = self.gradient(x, target, create_graph)
-        return minmax_normalize(g.abs().amax(dim=1, keepdim=True))
+        return self.logits_and_map(x, target, create_graph)[1]

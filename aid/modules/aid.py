@@ -45,7 +45,8 @@ class AIDModule(RTSModule):
         attack_kwargs: ADV² settings (eps, alpha, steps, warm_steps, lam, lam_enc, ...).
         train_encoder: also train the masker's encoder (frozen in RTS training by default).
         keep_weight: weight of ℓ_keep = L1 between the benign maps of the masker and of the starting RTS
-            (needs ``rts_ckpt``), added to the ℓ_aid step so that benign maps stay those of RTS.
+            (needs ``rts_ckpt``), added to both alternating steps (in the ℓ_int step on the images asked
+            for their own class) so that benign maps stay those of RTS.
         freeze_bn: keep every batch-norm layer of the masker in eval mode (running statistics fixed) while
             training. Benign and adversarial batches go through the masker separately; with batch
             statistics each would be normalised by its own mean and variance, and the masker could learn
@@ -87,6 +88,11 @@ class AIDModule(RTSModule):
             self.masker.freeze_encoder = False
             self.masker.encoder.requires_grad_(True)
         self.attack_kwargs = dict(attack_kwargs or {})
+        self.train()  # apply the mode rules (reference and frozen batch norm in eval mode) from the start
+
+    def on_train_start(self) -> None:
+        # Lightning does not call ``train()`` when fit starts; it keeps each module's mode as it finds it.
+        self.train()
 
     def train(self, mode: bool = True) -> AIDModule:
         super().train(mode)
@@ -138,9 +144,11 @@ class AIDModule(RTSModule):
             with torch.no_grad():
                 ref = self.reference(x, y, upsample=False)[0]
             keep = (mask - ref).abs().flatten(1).mean(1)
-            keep = keep[real].mean() if real is not None else keep.mean()
-            if keep.isfinite():
-                loss = loss + self.hparams.keep_weight * keep
+            if real is not None:  # a masked mean: no host sync, 0 for a batch of fake labels only
+                keep = (keep * real).sum() / real.sum().clamp_min(1)
+            else:
+                keep = keep.mean()
+            loss = loss + self.hparams.keep_weight * keep
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
