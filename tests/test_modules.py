@@ -1,5 +1,7 @@
 """RTS and AID LightningModules: they train the masker and leave the classifier untouched."""
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -111,6 +113,18 @@ def test_aid_keep_term_compares_benign_maps_for_the_true_class_only(tmp_path):
     # The ℓ_int step (first call) asks the reference for the batch's own labels, never the fake ones.
     batch_y = next(iter(tiny_data_loader()))[1]
     assert torch.equal(y_true, batch_y)
+
+
+def test_aid_cosine_schedule_decays_the_learning_rate_once_per_batch(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    attack = {"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1}
+    module = AIDModule(str(ckpt), lr=1e-3, lr_schedule="cosine", attack_kwargs=attack)
+    trainer = fit(module, steps=1)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    total = trainer.estimated_stepping_batches
+    assert lr < 1e-3 and lr == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / total)))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        RTSModule(str(ckpt), lr_schedule="linear")
 
 
 def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path):

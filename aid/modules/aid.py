@@ -155,6 +155,9 @@ class AIDModule(RTSModule):
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
 
+        sched = self.lr_schedulers()
+        if sched is not None:  # manual optimisation: one scheduler step per batch
+            sched.step()
         if batch_idx % self.hparams.attack_every_n_steps:
             return
         n = max(1, int(round(self.hparams.attack_fraction * x.shape[0])))

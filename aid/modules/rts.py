@@ -28,6 +28,9 @@ class RTSModule(pl.LightningModule):
         area_weight (λ2), area_power, tv_weight (λ1), preserve_weight, destroy_weight (λ3),
         destroy_power (λ4), preserver, destroyer: the terms of ℓ_int (see ``RTSLoss``).
         seed: seed of the blend operator's random references (and of the fake labels).
+        lr_schedule: ``"constant"`` (default) or ``"cosine"``: cosine decay from ``lr`` to 0 over the
+            run's optimiser steps (``trainer.estimated_stepping_batches``), so the last weights are not
+            those of a full-size step.
         fake_label_prob: share of images whose class is replaced by a random other class that the image
             does not show, with only the area and smoothness terms for them (Dabkowski & Gal's fake
             labels): the masker learns to answer "absent" (an empty mask) when its selector asks for
@@ -53,10 +56,13 @@ class RTSModule(pl.LightningModule):
         destroyer: Literal["hinge", "prob"] = "hinge",
         seed: int = 0,
         fake_label_prob: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
     ) -> None:
         super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if not 0 <= fake_label_prob < 1:
             raise ValueError(f"model.fake_label_prob must lie in [0, 1), got {fake_label_prob}")
         self.save_hyperparameters()
@@ -148,4 +154,9 @@ class RTSModule(pl.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.masker.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.get("lr_schedule", "constant") == "constant":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
