@@ -66,6 +66,18 @@ def test_smooth_relu_keeps_relu_forward_and_has_h_backward_and_h_prime_double_ba
     torch.testing.assert_close(gg, tau / (z.detach() ** 2 + tau) ** 1.5)
 
 
+def test_smooth_relu_backward_has_the_exact_derivatives_of_grad_times_h():
+    # The hand-written derivatives of the backward grad_out · h(z) (what ADV²'s double backward uses)
+    # against finite differences, in both arguments. (The first derivative of the smooth ReLU itself is
+    # h by design, not ReLU's, so gradcheck applies to the backward function, not to the forward.)
+    from aid.interpreters.smooth_relu import SmoothReLUBackward
+
+    tau = 1e-2
+    z = torch.linspace(-0.4, 0.4, 9, dtype=torch.float64).add(0.013).requires_grad_(True)
+    g = torch.linspace(0.5, 1.5, 9, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda g, z: SmoothReLUBackward.apply(g, z, tau), (g, z))
+
+
 def test_smooth_grad_map_has_a_finite_nonzero_input_gradient_and_plain_relu_has_none(tiny_classifier, batch):
     x, t = batch
     plain = map_loss_grad(build_interpreter("grad", tiny_classifier), x, t)

@@ -12,10 +12,9 @@ Trains an RTS masker ("RTSA") by alternating two losses on every batch:
 
 Why the fake labels: ADV² asks the masker for the *target* class t on an image that still shows the
 original object. A masker that learned to answer "absent" for a class it cannot see forces the attack
-to make the class-t evidence itself look like the benign object, which is what ℓ_aid then trains the
-masker to refuse. On the embedded shapes data (configs/rts_aid.yaml) AID without fake labels left ADV²
-as effective against RTSA as against RTS (L1 to the benign map 0.031 vs 0.028); with them, 0.084 vs
-0.028 after one epoch (README, measured results).
+to draw the class-t evidence in the shape of the benign map, which is what ℓ_aid then trains the
+masker to refuse. On the embedded shapes data neither alone makes RTSA harder to fool than RTS; both
+together do (README, "AID: what matters", configs/aid_ablation.yaml).
 """
 
 from __future__ import annotations
