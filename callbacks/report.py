@@ -12,6 +12,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from callbacks.paper_numbers import PAPER, published
+
+PUBLISHED_SECTION = "Published numbers (from the paper, not measured here)"
+
 
 def _to_float(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
@@ -21,6 +25,11 @@ def _to_float(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     return None
+
+
+def _as_printed(value: float) -> str:
+    """A published number with the decimals the paper prints (two, three for Table 4's rates)."""
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:.3f}"
 
 
 class ReportWriter(Callback):
@@ -33,10 +42,20 @@ class ReportWriter(Callback):
 
     Args:
         report_dir: folder for the report; ``None`` uses ``<trainer.default_root_dir>/report``.
+        paper_reference: name of a published table in :mod:`callbacks.paper_numbers` (e.g.
+            ``imagenet_resnet50``); when set, ``report.md`` ends with a section that puts the paper's
+            numbers beside ours. ``summary.json`` always holds our numbers only. Default ``None``: no section.
+
+    Example:
+        >>> writer = ReportWriter("runs/x/report", paper_reference="imagenet_resnet50")
+        >>> writer.add_metrics({"adv2/rts/adv2/l1": 0.012}); writer.write()
     """
 
-    def __init__(self, report_dir: str | None = None) -> None:
+    def __init__(self, report_dir: str | None = None, paper_reference: str | None = None) -> None:
+        if paper_reference is not None:
+            published(paper_reference)  # fail when the config is parsed, not after hours of attacks
         self.report_dir = report_dir
+        self.paper_reference = paper_reference
         self.metrics: dict[str, float] = {}
         self.sections: dict[str, str] = {}
         self._trainer: pl.Trainer | None = None
@@ -60,6 +79,23 @@ class ReportWriter(Callback):
         """Add or replace a named Markdown section of ``report.md``."""
         self.sections[name] = markdown.strip() + "\n"
 
+    def published_section(self) -> str:
+        """Markdown table ``metric | ours | paper`` over every key with a published number ("–": not measured)."""
+        paper = published(self.paper_reference)
+        lines = [
+            f"## {PUBLISHED_SECTION}",
+            "",
+            f"Reference `{self.paper_reference}`: numbers printed in the paper's tables (see"
+            " callbacks/paper_numbers.py for the table of each), beside this run's. Rates are fractions.",
+            "",
+            f"| metric | ours | paper ({PAPER}) |",
+            "|---|---|---|",
+        ]
+        for key in sorted(paper):
+            ours = f"{self.metrics[key]:.3f}" if key in self.metrics else "–"
+            lines.append(f"| `{key}` | {ours} | {_as_printed(paper[key])} |")
+        return "\n".join(lines) + "\n"
+
     def _collect(self, trainer: pl.Trainer) -> None:
         self.add_metrics(dict(trainer.callback_metrics))
 
@@ -75,6 +111,8 @@ class ReportWriter(Callback):
         os.replace(tmp, out / "summary.json")
         body = ["# Report", ""]
         body += [self.sections[k] for k in self.sections]
+        if self.paper_reference is not None:
+            body.append(self.published_section())
         (out / "report.md").write_text("\n".join(body))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
