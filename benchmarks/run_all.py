@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_adv2_cost": ["--check-call"],
     "bench_batch_scaling": [],
     "bench_aid_epoch": [],
+    "bench_switches": [],
 }
 
 
