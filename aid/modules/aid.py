@@ -125,29 +125,28 @@ class AIDModule(RTSModule):
         benign = self.masker(x, y)[0]
         adv = self.masker(x_adv, target)[0]
         aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
-        keep = torch.zeros((), device=x.device)
-        if self.reference is not None and self.hparams.keep_weight > 0:
-            with torch.no_grad():
-                ref = self.reference(x, y)[0]
-            keep = (benign - ref).abs().flatten(1).mean(1).mean()
-        return {"aid": aid, "keep": keep}
+        return {"aid": aid, "keep": self.keep_loss(benign, x, y)}
+
+    def keep_loss(self, mask: Tensor, x: Tensor, y: Tensor, real: Tensor | None = None) -> Tensor:
+        """ℓ_keep: mean per-pixel L1 between the masker's masks (B, 1, h, w) of x for classes y and the
+        starting RTS's at the same resolution, over the images whose class is ``real`` (B,) bool (all
+        when None); 0 without a reference or with ``keep_weight`` 0."""
+        if self.reference is None or self.hparams.keep_weight <= 0:
+            return torch.zeros((), device=x.device)
+        with torch.no_grad():
+            ref = self.reference(x, y, upsample=mask.shape[-2:] == x.shape[-2:])[0]
+        keep = (mask - ref).abs().flatten(1).mean(1)
+        if real is None:
+            return keep.mean()
+        return (keep * real).sum() / real.sum().clamp_min(1)  # masked mean: no host sync
 
     def training_step(self, batch, batch_idx: int) -> None:
         opt = self.optimizers()
         x, y = batch[0], batch[1]
         terms, mask, real = self.masker_loss(x, y, fake_labels=True)
-        loss = terms["loss"]
-        if self.reference is not None and self.hparams.keep_weight > 0:
-            # ℓ_keep on the images asked for their own class, in this step too: benign maps are held at
-            # RTS's in both alternating steps, not only where ℓ_aid pushes.
-            with torch.no_grad():
-                ref = self.reference(x, y, upsample=False)[0]
-            keep = (mask - ref).abs().flatten(1).mean(1)
-            if real is not None:  # a masked mean: no host sync, 0 for a batch of fake labels only
-                keep = (keep * real).sum() / real.sum().clamp_min(1)
-            else:
-                keep = keep.mean()
-            loss = loss + self.hparams.keep_weight * keep
+        # ℓ_keep on the images asked for their own class, in this step too: benign maps are held at
+        # RTS's in both alternating steps, not only where ℓ_aid pushes.
+        loss = terms["loss"] + self.hparams.keep_weight * self.keep_loss(mask, x, y, real)
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()
