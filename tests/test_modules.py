@@ -64,8 +64,8 @@ def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_p
     y = torch.arange(64) % 4
     seen = {}
 
-    def spy(classifier, x, target, mask, generator=None, real=None):
-        seen["target"], seen["real"] = target, real
+    def spy(classifier, x, target, mask, generator=None, real=None, weight=None):
+        seen["target"], seen["real"], seen["weight"] = target, real, weight
         return {"loss": mask.sum()}
 
     module.rts_loss.forward = spy
@@ -75,6 +75,9 @@ def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_p
     assert torch.equal(first[0][first[1]], y[first[1]]) and (first[0][~first[1]] != y[~first[1]]).all()
     module.interpretation_loss(x, y, fake_labels=True)
     assert torch.equal(seen["target"], first[0]) and torch.equal(seen["real"], first[1])  # same step, same draw
+    assert seen["weight"] is None
+    module.masker_loss(x, y, fake_labels=True, real_weight=0.25)  # AID's real_int_weight
+    assert torch.equal(seen["weight"], torch.where(first[1], 0.25, 1.0))
     module.interpretation_loss(x, y)  # validation: true classes only
     assert torch.equal(seen["target"], y) and seen["real"] is None
     with pytest.raises(ValueError, match="fake_label_prob"):
@@ -149,6 +152,28 @@ def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path)
     assert not torch.equal(module.masker.to_saliency.weight, rts.masker.to_saliency.weight)
     assert "train/aid" in trainer.callback_metrics
     assert set(module.interpreters()) == {"rts", "rtsa"}
+
+
+def test_aid_absent_target_trains_adversarial_masks_like_fake_labels(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    module = AIDModule(str(ckpt), aid_target="absent", fake_label_prob=0.5)
+    x, y = next(iter(tiny_data_loader()))[:2]
+    x_adv = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
+    target = (y + 1) % 4
+    loss = module.aid_loss(x, y, x_adv, target)["aid"]
+    mask, _ = module.masker(x_adv, target, upsample=False)
+    fake = torch.zeros_like(target, dtype=torch.bool)
+    expected = module.rts_loss(module.classifier, x_adv, target, mask, generator=module.generator(), real=fake)
+    assert loss.item() == pytest.approx(expected["loss"].item(), rel=1e-5)
+    # Only the area and smoothness terms: a descent step on it shrinks the adversarial masks.
+    params = [p for p in module.masker.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p -= 1e-5 * g
+        assert module.masker(x_adv, target, upsample=False)[0].mean() < mask.mean()
+    with pytest.raises(ValueError, match="aid_target"):
+        AIDModule(str(ckpt), aid_target="nowhere")
 
 
 def test_evaluation_module_runs_trainer_test_with_a_datamodule_and_checks_class_count(tmp_path):

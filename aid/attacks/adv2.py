@@ -163,7 +163,7 @@ class ADV2(Attack):
         if target_map is None:
             target_map = benign_target_maps(self.interpreter, self.classifier, x)
         target_map = target_map.detach().to(x.dtype)
-        x_adv = self.warm.perturb(x, target)[0] if self.warm is not None else x.detach().clone()
+        x_adv = self.warm_start(x, target)
         best = BestIterate(x_adv, self.kappa)
         for i in tqdm(range(self.steps + 1), desc="adv2", disable=not self.progress, leave=False):
             x_adv.requires_grad_(True)

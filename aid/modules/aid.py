@@ -46,6 +46,15 @@ class AIDModule(RTSModule):
         keep_weight: weight of ℓ_keep = L1 between the benign maps of the masker and of the starting RTS
             (needs ``rts_ckpt``), added to both alternating steps (in the ℓ_int step on the images asked
             for their own class) so that benign maps stay those of RTS.
+        real_int_weight: weight of ℓ_int on the images asked for their own class (default 1). With 0,
+            ℓ_int only trains the fake labels' masks to be empty, and the real classes' maps are held by
+            ℓ_keep alone (distillation to RTS's maps): RTS is not at ℓ_int's optimum, and re-optimising
+            ℓ_int moves benign maps even without ℓ_aid (README, "AID: what matters").
+        aid_target: what ℓ_aid asks of the maps of adversarial inputs. ``"away"`` (default, Eqn 16):
+            −‖g(x) − g(A(x))‖₁, as far from the benign map as possible. ``"absent"``: the map of the
+            attack's target class is trained like that of a fake label (only RTS's area and smoothness
+            terms, so it is driven to empty): A(x) still shows x's object, not one of the target class,
+            so the masker is taught to answer "absent" where the classifier was fooled.
         freeze_bn: keep every batch-norm layer of the masker in eval mode (running statistics fixed) while
             training. Benign and adversarial batches go through the masker separately; with batch
             statistics each would be normalised by its own mean and variance, and the masker could learn
@@ -66,6 +75,8 @@ class AIDModule(RTSModule):
         train_encoder: bool = False,
         keep_weight: float = 0.0,
         freeze_bn: bool = True,
+        aid_target: str = "away",
+        real_int_weight: float = 1.0,
         **rts_kwargs: Any,
     ) -> None:
         super().__init__(classifier_ckpt, **rts_kwargs)
@@ -73,6 +84,10 @@ class AIDModule(RTSModule):
             raise ValueError(f"model.attack_fraction must lie in (0, 1], got {attack_fraction}")
         if attack_every_n_steps < 1:
             raise ValueError(f"model.attack_every_n_steps must be >= 1, got {attack_every_n_steps}")
+        if aid_target not in ("away", "absent"):
+            raise ValueError(f"model.aid_target must be 'away' or 'absent', got {aid_target!r}")
+        if real_int_weight < 0:
+            raise ValueError(f"model.real_int_weight must be >= 0, got {real_int_weight}")
         if aid_weight < 0:
             raise ValueError(f"model.aid_weight must be >= 0, got {aid_weight}")
         self.save_hyperparameters()
@@ -120,11 +135,19 @@ class AIDModule(RTSModule):
         return result.x_adv.detach(), target, result.success
 
     def aid_loss(self, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """ℓ_aid (Eqn 16, minus the mean per-pixel L1 between benign and adversarial maps; the benign map
-        detached) and ℓ_keep (per-pixel L1 of the benign maps to the starting RTS; 0 without one)."""
+        """ℓ_aid and ℓ_keep (per-pixel L1 of the benign maps to the starting RTS; 0 without one).
+
+        ``aid_target="away"``: Eqn 16, minus the mean per-pixel L1 between benign and adversarial maps
+        (the benign map detached); ``"absent"``: RTS's loss of the adversarial masks for the target
+        classes with every class marked fake (area and smoothness terms only)."""
         benign = self.masker(x, y)[0]
-        adv = self.masker(x_adv, target)[0]
-        aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
+        if self.hparams.get("aid_target", "away") == "absent":
+            adv, _ = self.masker(x_adv, target, upsample=False)
+            fake = torch.zeros_like(target, dtype=torch.bool)
+            aid = self.rts_loss(self.classifier, x_adv, target, adv, generator=self.generator(), real=fake)["loss"]
+        else:
+            adv = self.masker(x_adv, target)[0]
+            aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
         return {"aid": aid, "keep": self.keep_loss(benign, x, y)}
 
     def keep_loss(self, mask: Tensor, x: Tensor, y: Tensor, real: Tensor | None = None) -> Tensor:
@@ -143,7 +166,7 @@ class AIDModule(RTSModule):
     def training_step(self, batch, batch_idx: int) -> None:
         opt = self.optimizers()
         x, y = batch[0], batch[1]
-        terms, mask, real = self.masker_loss(x, y, fake_labels=True)
+        terms, mask, real = self.masker_loss(x, y, fake_labels=True, real_weight=self.hparams.real_int_weight)
         # ℓ_keep on the images asked for their own class, in this step too: benign maps are held at
         # RTS's in both alternating steps, not only where ℓ_aid pushes.
         loss = terms["loss"] + self.hparams.keep_weight * self.keep_loss(mask, x, y, real)

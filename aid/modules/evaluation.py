@@ -11,6 +11,7 @@ from aid.checkpoints import load_classifier
 from aid.interpreters import Interpreter
 from aid.interpreters.rts import RTSInterpreter, RTSMasker, load_masker_state
 from aid.models import build_classifier
+from aid.modules.data_checks import check_class_count
 
 
 class EvaluationModule(pl.LightningModule):
@@ -65,12 +66,7 @@ class EvaluationModule(pl.LightningModule):
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=k)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        k = getattr(dm, "num_classes", None)
-        if k is not None and int(k) != self.classifier.num_classes:
-            raise ValueError(
-                f"class-count mismatch: the classifier has {self.classifier.num_classes} classes, the data has {k}"
-            )
+        check_class_count(self.classifier.num_classes, self.trainer, "the classifier")
 
     def interpreters(self) -> dict[str, Interpreter]:
         """``rts`` / ``rtsa`` interpreters from the given checkpoints."""

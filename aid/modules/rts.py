@@ -12,6 +12,7 @@ from aid.checkpoints import load_classifier
 from aid.interpreters import Interpreter
 from aid.interpreters.rts import RTSInterpreter, RTSMasker
 from aid.interpreters.rts_loss import RTSLoss
+from aid.modules.data_checks import check_class_count
 
 
 class RTSModule(pl.LightningModule):
@@ -83,13 +84,7 @@ class RTSModule(pl.LightningModule):
         self._gen: torch.Generator | None = None
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        k = getattr(dm, "num_classes", None)
-        if k is not None and int(k) != self.classifier.num_classes:
-            raise ValueError(
-                f"class-count mismatch: the classifier checkpoint has {self.classifier.num_classes} classes, "
-                f"the data has {k}"
-            )
+        check_class_count(self.classifier.num_classes, self.trainer, "the classifier checkpoint")
 
     def train(self, mode: bool = True) -> RTSModule:
         """Train/eval mode for the masker; the classifier always stays in eval mode."""
@@ -120,10 +115,12 @@ class RTSModule(pl.LightningModule):
         return self.masker_loss(x, y, fake_labels)[0]
 
     def masker_loss(
-        self, x: Tensor, y: Tensor, fake_labels: bool = False
+        self, x: Tensor, y: Tensor, fake_labels: bool = False, real_weight: float = 1.0
     ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
         """(ℓ_int terms, masks (B, 1, h, w) at the decoder's resolution, ``real`` (B,) bool or None):
-        :meth:`interpretation_loss` with the masks and which classes were kept (None: all)."""
+        :meth:`interpretation_loss` with the masks and which classes were kept (None: all).
+        ``real_weight`` scales the loss of the images asked for their own class when fake labels are
+        drawn (AID replaces it by distillation to RTS's maps)."""
         gen = self.generator()
         real = None
         p = float(self.hparams.get("fake_label_prob", 0.0))
@@ -133,7 +130,11 @@ class RTSModule(pl.LightningModule):
             other = (y + torch.randint(1, k, y.shape, generator=gen, device=y.device)) % k
             y = torch.where(real, y, other)
         mask, _ = self.masker(x, y, upsample=False)
-        return self.rts_loss(self.classifier, x, y, mask, generator=gen, real=real), mask, real
+        weight = None
+        if fake_labels and real_weight != 1.0:  # without fake labels every image is asked for its own class
+            real_mask = real if real is not None else torch.ones_like(y, dtype=torch.bool)
+            weight = torch.where(real_mask, float(real_weight), 1.0)
+        return self.rts_loss(self.classifier, x, y, mask, generator=gen, real=real, weight=weight), mask, real
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
