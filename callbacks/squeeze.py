@@ -43,7 +43,8 @@ class SqueezeDetection(EvaluationCallback):
     Args:
         interpreters: interpreters the ADV² attacks target (the first one names the plain keys).
         squeezers: registry names (``bit_depth``, ``median``, ``nlm``, with their defaults) or full
-            names (``bit_depth_2``, ``median_3x3``, ``nlm_11_3_4``), see :func:`aid.defenses.build_squeezer`.
+            names (``bit_depth_2``, ``median_3x3``, ``nlm_11_3_4``), see :func:`aid.defenses.build_squeezer`
+            (default: Table 4's rows, 2- and 3-bit depth, 3×3 median, non-local means 11-3-4).
         attacks: among ``pgd``, ``adv2``, ``stadv``, ``adv2_stadv``, ``adv2_adaptive``.
         fpr: false-positive rate the thresholds are set for on the benign fitting images (default 0.05).
         calibration_images: benign validation images the detector is fitted on (default 256).
@@ -61,7 +62,7 @@ class SqueezeDetection(EvaluationCallback):
     def __init__(
         self,
         interpreters: list[str] = ("rts",),
-        squeezers: list[str] = ("bit_depth", "median", "nlm"),
+        squeezers: list[str] = ("bit_depth_2", "bit_depth_3", "median_3x3", "nlm_11_3_4"),
         attacks: list[str] = ("pgd", "adv2", ADAPTIVE),
         fpr: float = 0.05,
         calibration_images: int = 256,

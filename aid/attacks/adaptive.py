@@ -44,10 +44,6 @@ class SqueezeTerm:
         consistency: ℓ_sqz of the consistency mode: ``"ce"`` (default, the paper's cross entropy
             −Σ_c p_c(x) log p_c(ψ(x))) or ``"l1"`` (the detector's own score).
         plus_steps: PGD iterations of stage 1 (default 20).
-        plus_start: where stage 2 starts in the two-stage mode: ``"benign"`` (x◦, then ADV²'s warm
-            start) or ``"plus"`` (default: the point z of the ε-ball that stage 1 squeezed into x⁺, so
-            that ψ(x*) stays near x⁺ while stage 2 keeps f(x*) near f(x⁺); from x◦, x* can end in
-            other quantisation cells than x⁺ and the squeezed prediction no longer follows).
     """
 
     squeezer: Squeezer
@@ -59,7 +55,6 @@ class SqueezeTerm:
         mode: Mode,
         consistency: Literal["ce", "l1"],
         plus_steps: int,
-        plus_start: Literal["benign", "plus"] = "plus",
     ) -> None:
         self.squeezer = build_squeezer(squeezer)
         if not lam_sqz >= 0:
@@ -71,17 +66,13 @@ class SqueezeTerm:
         is_bits = isinstance(self.squeezer, BitDepth)
         if mode == "two_stage" and not is_bits:
             raise ValueError(f"the two-stage mode is for bit-depth reduction, not {self.squeezer.name}")
-        if plus_start not in ("benign", "plus"):
-            raise ValueError(f"plus_start must be 'benign' or 'plus', got {plus_start!r}")
         if int(plus_steps) < 1:
             raise ValueError(f"plus_steps must be >= 1, got {plus_steps}")
         self.lam_sqz = float(lam_sqz)
         self.mode = ("two_stage" if is_bits else "consistency") if mode == "auto" else mode
         self.consistency = consistency
         self.plus_steps = int(plus_steps)
-        self.plus_start = plus_start
         self._p_plus: Tensor | None = None
-        self._z: Tensor | None = None
 
     def squeeze_loss(self, x_adv: Tensor, logits: Tensor) -> Tensor:
         """The squeeze term per sample (B,) for iterate x_adv and its logits, differentiable in x_adv."""
@@ -94,8 +85,8 @@ class SqueezeTerm:
             return -(logp.exp() * logq).sum(dim=1)
         return (logp.exp() - logq.exp()).abs().sum(dim=1)
 
-    def squeezed_space_search(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Stage 1 of Algorithm 2: x⁺ = ψ(z), z found by PGD in B_ε(x◦) with step 1/2^i; returns (x⁺, z).
+    def squeezed_space_search(self, x: Tensor, target: Tensor) -> Tensor:
+        """Stage 1 of Algorithm 2: x⁺ = ψ(z), z found by PGD in B_ε(x◦) with step 1/2^i; returns x⁺.
 
         Each step takes the gradient of the cross-entropy to c_t at the squeezed point ψ(z) and moves
         z by α = 1/2^i (one quantisation level) along its sign, projected onto B_ε(x◦) ∩ [0, 1]; x⁺ is
@@ -109,23 +100,18 @@ class SqueezeTerm:
             loss = F.cross_entropy(self.classifier(x_plus).float(), target, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_plus)
             z = signed_step(z, x, grad, alpha, self.eps)
-        return self.squeezer(z), z
+        return self.squeezer(z)
 
     def _run(self, x: Tensor, target: Tensor, target_map: Tensor | None) -> AttackResult:
         if self.mode != "two_stage":
             return super()._run(x, target, target_map)
-        x_plus, z = self.squeezed_space_search(x, target)
+        x_plus = self.squeezed_space_search(x, target)
         with torch.no_grad():
             self._p_plus = self.classifier(x_plus).float().softmax(dim=1)
-        self._z = z if self.plus_start == "plus" else None
         try:
             return super()._run(x, target, target_map)
         finally:
-            self._p_plus = self._z = None
-
-    def initial_point(self, x: Tensor) -> Tensor | None:
-        """Stage 2 starts from stage 1's z in the two-stage mode with ``plus_start="plus"``."""
-        return self._z
+            self._p_plus = None
 
 
 @ATTACKS.register("adv2_adaptive")
@@ -140,9 +126,9 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
       gradient through ψ is exact for the median and BPDA for non-local means (forward NLM,
       backward identity or blur, :class:`~aid.defenses.squeeze.NonLocalMeans`);
     * for bit-depth reduction with i bits, ‖p(x) − p(x⁺)‖₁ where x⁺ is found first by PGD in the
-      squeezed space (step 1/2^i, :meth:`squeezed_space_search`); stage 2 starts from the point z of
-      the ε-ball that stage 1 squeezed into x⁺ (``plus_start``), so ψ(x*) stays near x⁺.
-      ``mode="consistency"`` uses the straight-through consistency term instead.
+      squeezed space (step 1/2^i, :meth:`squeezed_space_search`). The paper's stage 2 does not tie
+      ψ(x*) to x⁺; ``mode="consistency"`` uses the straight-through consistency term instead (on
+      the shapes data it evades 2- and 3-bit squeezing, the two-stage attack does not: README).
 
     For a MASK interpreter the class returns :class:`ADV2MaskAdaptive` (Algorithm 1 with the term
     added to its prediction step). The paper reports detection rates for MASK and RTS (Table 4): basic
@@ -158,7 +144,6 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
         mode: ``"auto"`` (default), ``"consistency"`` or ``"two_stage"``; see :class:`SqueezeTerm`.
         consistency: ``"ce"`` (default) or ``"l1"``.
         plus_steps: stage-1 PGD iterations of the two-stage mode (default 20).
-        plus_start: where stage 2 starts (default ``"plus"``); see :class:`SqueezeTerm`.
         **adv2_kwargs: the arguments of :class:`~aid.attacks.adv2.ADV2` (eps, alpha, steps, ...).
 
     Shapes: as :class:`~aid.attacks.adv2.ADV2`.
@@ -185,11 +170,10 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
         mode: Mode = "auto",
         consistency: Literal["ce", "l1"] = "ce",
         plus_steps: int = 20,
-        plus_start: Literal["benign", "plus"] = "plus",
         **adv2_kwargs: Any,
     ) -> None:
         super().__init__(classifier, interpreter, **adv2_kwargs)
-        self._setup_squeeze(squeezer, lam_sqz, mode, consistency, plus_steps, plus_start)
+        self._setup_squeeze(squeezer, lam_sqz, mode, consistency, plus_steps)
 
     def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
         loss, l_int, logits = super().losses(x_adv, target, target_map, step)
@@ -205,7 +189,7 @@ class ADV2MaskAdaptive(SqueezeTerm, ADV2Mask):
 
     Args:
         classifier, interpreter: as :class:`~aid.attacks.adv2_mask.ADV2Mask`.
-        squeezer, lam_sqz, mode, consistency, plus_steps, plus_start: as :class:`ADV2Adaptive`.
+        squeezer, lam_sqz, mode, consistency, plus_steps: as :class:`ADV2Adaptive`.
         **mask_kwargs: the arguments of :class:`~aid.attacks.adv2_mask.ADV2Mask`.
     """
 
@@ -220,11 +204,10 @@ class ADV2MaskAdaptive(SqueezeTerm, ADV2Mask):
         mode: Mode = "auto",
         consistency: Literal["ce", "l1"] = "ce",
         plus_steps: int = 20,
-        plus_start: Literal["benign", "plus"] = "plus",
         **mask_kwargs: Any,
     ) -> None:
         super().__init__(classifier, interpreter, **mask_kwargs)
-        self._setup_squeeze(squeezer, lam_sqz, mode, consistency, plus_steps, plus_start)
+        self._setup_squeeze(squeezer, lam_sqz, mode, consistency, plus_steps)
 
     def prediction_loss(self, x_adv: Tensor, target: Tensor, step: int) -> tuple[Tensor, Tensor]:
         loss, logits = super().prediction_loss(x_adv, target, step)

@@ -116,17 +116,10 @@ class Attack:
         raise NotImplementedError  # abstractmethod: each attack implements its equation
 
     def warm_start(self, x: Tensor, target: Tensor) -> Tensor:
-        """The first iterate (B, C, H, W) of an attack with a PGD warm start ``self.warm`` (or None):
-        the warm start run from :meth:`initial_point` (default: PGD's own start), else that point."""
-        start = self.initial_point(x)
+        """The first iterate (B, C, H, W): the PGD warm start ``self.warm`` run from x when the attack has
+        one, else a copy of x."""
         warm = getattr(self, "warm", None)
-        if warm is not None:
-            return warm.perturb(x, target, start)[0]
-        return (x if start is None else start).detach().clone()
-
-    def initial_point(self, x: Tensor) -> Tensor | None:
-        """Where the iterations start, inside the ε-ball of x (None: the attack's default)."""
-        return None
+        return warm.perturb(x, target)[0] if warm is not None else x.detach().clone()
 
     @torch.no_grad()
     def evaluate(self, x_adv: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
