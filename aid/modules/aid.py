@@ -141,7 +141,7 @@ class AIDModule(RTSModule):
         (the benign map detached); ``"absent"``: RTS's loss of the adversarial masks for the target
         classes with every class marked fake (area and smoothness terms only)."""
         benign = self.masker(x, y)[0]
-        if self.hparams.get("aid_target", "away") == "absent":
+        if self.hparams.aid_target == "absent":
             adv, _ = self.masker(x_adv, target, upsample=False)
             fake = torch.zeros_like(target, dtype=torch.bool)
             aid = self.rts_loss(self.classifier, x_adv, target, adv, generator=self.generator(), real=fake)["loss"]
