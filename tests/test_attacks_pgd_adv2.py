@@ -384,6 +384,26 @@ def test_rts_loss_adds_encoder_cross_entropy(trained, batch):
     assert torch.equal(InterpretationLoss(build_interpreter("cam", trained)).extra_loss(x, t), torch.zeros(8))
 
 
+def test_rts_loss_also_attacks_a_presence_gate_like_the_encoder(trained, batch):
+    x, _, t = batch
+    interp = rts_interpreter(trained)
+    interp.masker.add_presence("encoder")
+    with torch.no_grad():  # the copy no longer matches the classifier once AID has trained it
+        interp.masker.presence.model.get_classifier().bias.add_(torch.arange(4.0))
+    encoder_ce = F.cross_entropy(interp.encoder_logits(x), t, reduction="none")
+    presence_ce = F.cross_entropy(interp.masker.presence(interp.masker.normalize(x)), t, reduction="none")
+    extra = build_interpretation_loss(interp).extra_loss(x, t)
+    torch.testing.assert_close(extra, encoder_ce + presence_ce)
+    half = build_interpretation_loss(interp, presence_weight=0.5).losses(x, t, torch.rand(8, 1, 32, 32))[1]
+    torch.testing.assert_close(half, encoder_ce + 0.5 * presence_ce)
+    # The gate multiplies the mask by the copy's probability of the class.
+    with torch.no_grad():
+        mask = interp.masker(x, t)[0]
+        interp.masker.presence = None
+        plain = interp.masker(x, t)[0]
+    assert torch.all(mask <= plain + 1e-6) and not torch.allclose(mask, plain)
+
+
 def test_smoothed_cross_entropy_matches_torch_label_smoothing():
     logits = torch.randn(5, 4)
     t = torch.tensor([0, 1, 2, 3, 0])

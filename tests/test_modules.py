@@ -176,6 +176,55 @@ def test_aid_absent_target_trains_adversarial_masks_like_fake_labels(tmp_path):
         AIDModule(str(ckpt), aid_target="nowhere")
 
 
+def test_aid_presence_head_starts_as_rts_scaled_and_alone_trains_without_train_masker(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    rts = RTSModule(str(ckpt))
+    torch.save({"state_dict": rts.state_dict()}, tmp_path / "rts.ckpt")
+    module = AIDModule(
+        str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), presence=8, presence_init=3.0, presence_lr=0.05,
+        train_masker=False, attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1},
+    )
+    assert module.reference.presence is None  # RTS stays Dabkowski & Gal's masker
+    x, y = next(iter(tiny_data_loader()))[:2]
+    with torch.no_grad():
+        scaled = module.reference(x, y)[0] * torch.sigmoid(torch.tensor(3.0))
+        assert torch.allclose(module.masker(x, y)[0], scaled, atol=1e-6)
+    groups = module.param_groups()
+    assert len(groups) == 1 and groups[0]["lr"] == 0.05
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in module.masker.presence.parameters()}
+    decoder = {k: v.clone() for k, v in module.masker.state_dict().items() if not k.startswith("presence.")}
+    head = module.masker.presence.classify.weight.clone()
+    fit(module, steps=2)
+    after = module.masker.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in decoder.items())
+    assert not torch.equal(head, module.masker.presence.classify.weight)
+    # An RTSA checkpoint with a head loads into a plain masker (evaluate.py's rtsa_ckpt).
+    torch.save({"state_dict": module.state_dict()}, tmp_path / "rtsa.ckpt")
+    from aid.interpreters.rts import RTSMasker, load_masker_state
+
+    plain = RTSMasker.from_classifier(module.classifier)
+    load_masker_state(plain, tmp_path / "rtsa.ckpt")
+    assert plain.presence is not None and plain.presence.width == 8
+    with torch.no_grad():
+        assert torch.allclose(plain.eval()(x, y)[0], module.masker.eval()(x, y)[0])
+    with pytest.raises(ValueError, match="train_masker"):
+        AIDModule(str(ckpt), train_masker=False)
+
+
+def test_aid_presence_ce_term_trains_the_gate_to_see_the_true_class_in_adversarial_inputs(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    module = AIDModule(str(ckpt), presence="encoder", train_masker=False, presence_ce_weight=0.5)
+    x, y = next(iter(tiny_data_loader()))[:2]
+    x_adv = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
+    terms = module.aid_loss(x, y, x_adv, (y + 1) % 4)
+    logits = module.masker.presence(module.masker.normalize(x_adv))
+    expected = torch.nn.functional.cross_entropy(logits, y)
+    assert terms["presence"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert "presence" not in AIDModule(str(ckpt), presence="encoder").aid_loss(x, y, x_adv, (y + 1) % 4)
+    with pytest.raises(ValueError, match="presence"):
+        AIDModule(str(ckpt), presence="everywhere")
+
+
 def test_evaluation_module_runs_trainer_test_with_a_datamodule_and_checks_class_count(tmp_path):
     from aid.modules.evaluation import EvaluationModule
 

@@ -218,9 +218,15 @@ class RTSLoss(InterpretationLoss):
     applied by :class:`~aid.attacks.adv2.ADV2`). One pass of the masker gives both the mask and the
     encoder logits.
 
+    A masker with a class-presence gate (RTSA trained with AID's ``presence``) has a second judge of the
+    class: the attack then also pushes the gate's own classification towards the target class
+    (``presence_weight`` × its :meth:`attack_loss`, inside the extra term), the same white-box move
+    as ℓ_enc; without it the gate would only be reached through the mask's MSE.
+
     Args:
         interpreter: an RTS interpreter (``.masker(x, target) -> (mask, encoder_logits)``).
         pool: average-pool factor of both maps before the MSE (default 1).
+        presence_weight: weight of the presence gate's attack loss relative to ℓ_enc (default 1).
     """
 
     name = "rts"
@@ -229,21 +235,32 @@ class RTSLoss(InterpretationLoss):
     #: 0.90 / 0.89 / 0.89 / 0.86. Re-measure with a trained masker.
     default_lam = 30.0
 
-    def extra_loss(self, x_adv: Tensor, target: Tensor) -> Tensor:
-        logits = self.interpreter.encoder_logits(x_adv)
-        return F.cross_entropy(logits.float(), target, reduction="none")
+    def __init__(self, interpreter: Interpreter, pool: int = 1, presence_weight: float = 1.0) -> None:
+        super().__init__(interpreter, pool)
+        if not presence_weight >= 0:
+            raise ValueError(f"presence_weight must be >= 0, got {presence_weight}")
+        self.presence_weight = float(presence_weight)
 
-    def _mask_and_encoder_logits(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor]:
+    def extra_loss(self, x_adv: Tensor, target: Tensor) -> Tensor:
+        return self._mask_logits_extra(x_adv, target)[2]
+
+    def _extra(self, logits: Tensor, presence: Tensor | None, target: Tensor) -> Tensor:
+        extra = F.cross_entropy(logits.float(), target, reduction="none")
+        if presence is not None and self.presence_weight > 0:
+            extra = extra + self.presence_weight * self.interpreter.masker.presence.attack_loss(presence, target)
+        return extra
+
+    def _mask_logits_extra(self, x_adv: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # Eval mode and frozen weights as in ``attribute`` (an attack has frozen them already).
         with frozen_eval(*self.interpreter.modules()):
-            mask, logits = self.interpreter.masker(x_adv, target)
+            mask, logits, presence = self.interpreter.masker.forward_all(x_adv, target)
         if mask.shape[-2:] != x_adv.shape[-2:]:
             mask = F.interpolate(mask, size=x_adv.shape[-2:], mode="bilinear", align_corners=False)
-        return map_mse(mask, target_map, self.pool), logits
+        return mask, logits, self._extra(logits, presence, target)
 
     def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor]:
-        l_int, logits = self._mask_and_encoder_logits(x_adv, target, target_map)
-        return l_int, F.cross_entropy(logits.float(), target, reduction="none")
+        mask, _, extra = self._mask_logits_extra(x_adv, target)
+        return map_mse(mask, target_map, self.pool), extra
 
     def logits_and_losses(
         self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
@@ -255,8 +272,8 @@ class RTSLoss(InterpretationLoss):
             self.interpreter.masker, self.interpreter.classifier
         ):
             return super().logits_and_losses(x_adv, target, target_map, classifier)
-        l_int, logits = self._mask_and_encoder_logits(x_adv, target, target_map)
-        return logits, l_int, F.cross_entropy(logits.float(), target, reduction="none")
+        mask, logits, extra = self._mask_logits_extra(x_adv, target)
+        return logits, map_mse(mask, target_map, self.pool), extra
 
 
 _SAME_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aid.interpreters.base import INTERPRETERS, Interpreter
+from aid.interpreters.presence import EncoderPresence, PresenceHead
 from aid.model_state import frozen_eval
 from aid.models import IMAGENET_MEAN, IMAGENET_STD, NormalizedClassifier
 
@@ -104,6 +105,10 @@ class RTSMasker(nn.Module):
         mean, std: normalisation of [0, 1] inputs (default: from the encoder's pretrained config, else
             ImageNet).
         eps: added to |a| + |b| so that the ratio stays finite.
+        presence: a class-presence gate whose probability that the target class is present multiplies
+            the mask (:mod:`aid.interpreters.presence`): the width of a small CNN, ``"encoder"`` for a
+            trainable copy of the encoder, or 0 (default): none, Dabkowski & Gal's masker. AID adds one
+            with its ``presence`` option (:meth:`add_presence`).
 
     Shapes: ``forward(x, target)``: x (B, C, H, W) in [0, 1], target (B,) long -> mask (B, 1, H, W) in
     [0, 1] (float32), encoder logits (B, K).
@@ -124,6 +129,7 @@ class RTSMasker(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         eps: float = 1e-6,
+        presence: int | str = 0,
     ) -> None:
         super().__init__()
         if int(mask_scale) < 1:
@@ -185,6 +191,22 @@ class RTSMasker(nn.Module):
         self.encoder.requires_grad_(not self.freeze_encoder)
         if self.freeze_encoder:
             self.encoder.eval()
+        self.presence: PresenceHead | EncoderPresence | None = None
+        if presence == "encoder" or (not isinstance(presence, str) and int(presence) > 0):
+            self.add_presence(presence)
+
+    def add_presence(self, kind: int | str = 32, init_logit: float = 5.0) -> nn.Module:
+        """Add (or replace) a class-presence gate and return it: ``kind`` is the width of a
+        :class:`~aid.interpreters.presence.PresenceHead` (``init_logit`` its starting logit) or
+        ``"encoder"`` for an :class:`~aid.interpreters.presence.EncoderPresence` copy of the encoder."""
+        if kind == "encoder":
+            head = EncoderPresence(self.encoder)
+        elif isinstance(kind, str):
+            raise ValueError(f"presence must be a width or 'encoder', got {kind!r}")
+        else:
+            head = PresenceHead(self.mean.shape[1], self.num_classes, int(kind), init_logit)
+        self.presence = head.to(self.mean.device)
+        return self.presence
 
     @classmethod
     def from_classifier(
@@ -212,9 +234,13 @@ class RTSMasker(nn.Module):
             self.encoder.eval()
         return self
 
+    def normalize(self, x: Tensor) -> Tensor:
+        """[0, 1] images x (B, C, H, W) normalised with the encoder's mean and std."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
     def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Encoder logits (B, K) and feature maps (one per encoder level) of [0, 1] images x."""
-        z = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        z = self.normalize(x)
         final, feats = self.encoder.forward_intermediates(z)
         return self.encoder.forward_head(final), feats
 
@@ -227,7 +253,16 @@ class RTSMasker(nn.Module):
 
         With ``upsample=False`` the mask stays at the decoder's resolution (about H / ``mask_scale``).
         """
-        logits, feats = self.encode(x)
+        mask, logits, _ = self.forward_all(x, target, upsample)
+        return mask, logits
+
+    def forward_all(
+        self, x: Tensor, target: Tensor, upsample: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`forward` plus the presence head's logits (B, K) (None without a head)."""
+        z = self.normalize(x)
+        final, feats = self.encoder.forward_intermediates(z)
+        logits = self.encoder.forward_head(final)
         h = feats[self.bottleneck]
         emb = self.selector(target.long()).to(h.dtype)[:, :, None, None]
         h = h * torch.sigmoid((h * emb).sum(dim=1, keepdim=True))
@@ -236,9 +271,13 @@ class RTSMasker(nn.Module):
             h = block(h, feats[self.skips[i]] if i < n_skip else None)
         ab = self.to_saliency(h).float().abs()
         mask = ab[:, :1] / (ab[:, :1] + ab[:, 1:] + self.eps)
+        presence = None
+        if self.presence is not None:
+            presence = self.presence(z)
+            mask = mask * self.presence.gate(presence, target)
         if upsample and mask.shape[-2:] != x.shape[-2:]:
             mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return mask.clamp(0, 1), logits
+        return mask.clamp(0, 1), logits, presence
 
 
 def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "masker.") -> None:
@@ -246,7 +285,9 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
 
     In a Lightning checkpoint (``state_dict`` entry) the masker's keys are those containing ``key``
     (``masker.`` for a module attribute named ``masker``, also nested as ``rts.masker.``); the prefix up
-    to and including ``key`` is stripped. Loads with ``weights_only=True`` onto the CPU, strictly.
+    to and including ``key`` is stripped. Loads with ``weights_only=True`` onto the CPU, strictly;
+    weights of a presence head (an AID checkpoint with ``presence``) give a masker without one a head
+    of their width first.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -261,6 +302,10 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
             picked[k.split(f".{key}", 1)[1]] = v
     if picked:
         state = picked
+    if masker.presence is None and "presence.features.0.weight" in state:
+        masker.add_presence(int(state["presence.features.0.weight"].shape[0]))
+    elif masker.presence is None and any(k.startswith("presence.model.") for k in state):
+        masker.add_presence("encoder")
     try:
         masker.load_state_dict(state, strict=True)
     except RuntimeError as err:

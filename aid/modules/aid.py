@@ -55,6 +55,19 @@ class AIDModule(RTSModule):
             attack's target class is trained like that of a fake label (only RTS's area and smoothness
             terms, so it is driven to empty): A(x) still shows x's object, not one of the target class,
             so the masker is taught to answer "absent" where the classifier was fooled.
+        presence: a class-presence gate added to the masker (default 0: none;
+            :mod:`aid.interpreters.presence`): its probability that the asked class is shown multiplies
+            the mask. ``"encoder"``: a trainable copy of the masker's encoder (the classifier), its
+            softmax probability; a width: a small CNN from scratch that starts out saying "present".
+        presence_lr: learning rate of the presence head (default None: ``lr``). The head learns from scratch
+            while the rest of the masker is fine-tuned, so it may need a larger one.
+        presence_init: initial logit of every class in the presence head (sigmoid 0.95 for 3): lower makes
+            the head learn faster (its sigmoid is less saturated) and scales RTS's maps down at the start.
+        presence_ce_weight: weight of the presence gate's adversarial training term in the ℓ_aid step:
+            A(x) must make the gate call x's own class present (cross-entropy towards y for the encoder
+            copy, Madry-style adversarial training of the gate; default 0).
+        train_masker: train the masker's decoder and selector (default True). With ``presence`` and
+            False, only the presence head trains: RTSA's maps are RTS's maps times the head's belief.
         freeze_bn: keep every batch-norm layer of the masker in eval mode (running statistics fixed) while
             training. Benign and adversarial batches go through the masker separately; with batch
             statistics each would be normalised by its own mean and variance, and the masker could learn
@@ -77,6 +90,11 @@ class AIDModule(RTSModule):
         freeze_bn: bool = True,
         aid_target: str = "away",
         real_int_weight: float = 1.0,
+        presence: int | str = 0,
+        presence_lr: float | None = None,
+        presence_init: float = 3.0,
+        presence_ce_weight: float = 0.0,
+        train_masker: bool = True,
         **rts_kwargs: Any,
     ) -> None:
         super().__init__(classifier_ckpt, **rts_kwargs)
@@ -90,6 +108,12 @@ class AIDModule(RTSModule):
             raise ValueError(f"model.real_int_weight must be >= 0, got {real_int_weight}")
         if aid_weight < 0:
             raise ValueError(f"model.aid_weight must be >= 0, got {aid_weight}")
+        if presence_ce_weight < 0:
+            raise ValueError(f"model.presence_ce_weight must be >= 0, got {presence_ce_weight}")
+        if presence != "encoder" and (isinstance(presence, str) or presence < 0):
+            raise ValueError(f"model.presence must be a width >= 0 or 'encoder', got {presence!r}")
+        if not train_masker and not presence and not train_encoder:
+            raise ValueError("model.train_masker false leaves nothing to train: add model.presence")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.reference = None
@@ -101,8 +125,26 @@ class AIDModule(RTSModule):
             # AID move it is what allows RTSA to tell adversarial inputs from benign ones.
             self.masker.freeze_encoder = False
             self.masker.encoder.requires_grad_(True)
+        if not train_masker:
+            for name, module in self.masker.named_children():
+                if name not in ("encoder", "presence"):
+                    module.requires_grad_(False)
+        if presence:
+            # After the reference copy: RTS stays without one.
+            self.masker.add_presence(presence, init_logit=presence_init)
         self.attack_kwargs = dict(attack_kwargs or {})
         self.train()  # apply the mode rules (reference and frozen batch norm in eval mode) from the start
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The masker's trainable parameters; the presence head in a group of its own with ``presence_lr``."""
+        groups = super().param_groups()
+        lr = self.hparams.presence_lr
+        if self.masker.presence is None or lr is None:
+            return groups
+        head = {id(p) for p in self.masker.presence.parameters()}
+        rest = [p for g in groups for p in g["params"] if id(p) not in head]
+        own = [p for p in self.masker.presence.parameters() if p.requires_grad]
+        return [*([{"params": rest}] if rest else []), {"params": own, "lr": float(lr)}]
 
     def on_train_start(self) -> None:
         # Lightning does not call ``train()`` when fit starts; it keeps each module's mode as it finds it.
@@ -139,16 +181,21 @@ class AIDModule(RTSModule):
 
         ``aid_target="away"``: Eqn 16, minus the mean per-pixel L1 between benign and adversarial maps
         (the benign map detached); ``"absent"``: RTS's loss of the adversarial masks for the target
-        classes with every class marked fake (area and smoothness terms only)."""
+        classes with every class marked fake (area and smoothness terms only). With a presence gate and
+        ``presence_ce_weight``, ``presence`` is the gate's loss for calling x's own class present on
+        A(x) (its cross-entropy towards y for the encoder copy), added to ℓ_aid with that weight."""
         benign = self.masker(x, y)[0]
-        if self.hparams.aid_target == "absent":
-            adv, _ = self.masker(x_adv, target, upsample=False)
+        absent = self.hparams.aid_target == "absent"
+        adv, _, presence = self.masker.forward_all(x_adv, target, upsample=not absent)
+        if absent:
             fake = torch.zeros_like(target, dtype=torch.bool)
             aid = self.rts_loss(self.classifier, x_adv, target, adv, generator=self.generator(), real=fake)["loss"]
         else:
-            adv = self.masker(x_adv, target)[0]
             aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
-        return {"aid": aid, "keep": self.keep_loss(benign, x, y)}
+        out = {"aid": aid, "keep": self.keep_loss(benign, x, y)}
+        if presence is not None and self.hparams.presence_ce_weight > 0:
+            out["presence"] = self.masker.presence.attack_loss(presence, y).mean()
+        return out
 
     def keep_loss(self, mask: Tensor, x: Tensor, y: Tensor, real: Tensor | None = None) -> Tensor:
         """ℓ_keep: mean per-pixel L1 between the masker's masks (B, 1, h, w) of x for classes y and the
@@ -186,6 +233,9 @@ class AIDModule(RTSModule):
         x_adv, target, success = self.adversarial(xs, ys)
         terms = self.aid_loss(xs, ys, x_adv, target)
         loss = self.hparams.aid_weight * terms["aid"] + self.hparams.keep_weight * terms["keep"]
+        if "presence" in terms:
+            loss = loss + self.hparams.presence_ce_weight * terms["presence"]
+            self.log("train/presence_ce", terms["presence"])
         opt.zero_grad()
         self.manual_backward(loss)
         opt.step()

@@ -153,9 +153,13 @@ class RTSModule(pl.LightningModule):
         terms = self.interpretation_loss(x, y)
         self.log_dict({f"test/{k}": v for k, v in terms.items()}, sync_dist=True)
 
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups (``lr`` where a group's differs from the module's): the masker's
+        trainable parameters."""
+        return [{"params": [p for p in self.masker.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self):
-        params = [p for p in self.masker.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.get("lr_schedule", "constant") == "constant":
             return opt
         total = max(int(self.trainer.estimated_stepping_batches), 1)
