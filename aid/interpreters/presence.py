@@ -8,7 +8,8 @@ that question on the raw image. The masker multiplies its mask by the head's pro
 class is present, so a map can only be as strong as the head's belief in its class. AID trains the head
 (and only it, with ``train_masker=False``) with the attack in the loop: ADV² inputs must get the answer
 "absent" for their target class. The attack differentiates through the head like through the rest of
-the masker: the defence is evaluated white-box.
+the masker, and ADV² against RTS also pushes the head's own logits to the target class (the RTS
+strategy's ``presence_weight``, with :meth:`attack_loss`): the defence is evaluated white-box.
 
 Two heads:
 

@@ -15,6 +15,14 @@ original object. A masker that learned to answer "absent" for a class it cannot 
 to draw the class-t evidence in the shape of the benign map, which is what ℓ_aid then trains the
 masker to refuse. On the embedded shapes data neither alone makes RTSA harder to fool than RTS; both
 together do (README, "AID: what matters", configs/aid_ablation.yaml).
+
+With ``presence="encoder"`` and ``train_masker=False`` (the main job, configs/rts_aid.yaml) RTSA is RTS's
+frozen masker times a class-presence gate, a trainable copy of the classifier whose softmax probability
+of the asked class multiplies the mask (:mod:`aid.interpreters.presence`); the same two steps train only
+the gate, and ``presence_ce_weight`` adds Madry-style adversarial training of it (A(x) must still show
+x's class). RTS's selector decides "is class t here?" with a copy of the fooled classifier; the gate is
+a second judge that ADV² in the loop teaches not to be fooled. Benign maps then move only where the gate
+doubts the class (README: benign L1 0.018 instead of 0.049, ADV² 6.8× instead of 2.2× less effective).
 """
 
 from __future__ import annotations
