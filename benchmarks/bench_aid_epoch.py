@@ -4,7 +4,8 @@ Both modules are built as the embedded configs build them: a classifier checkpoi
 size (resnet10t, widths 32-64-128-256, output stride 8, 8 classes; random weights, saved to a temporary
 folder as tests/test_modules.py does), ``RTSModule`` with its defaults, and ``AIDModule`` with the
 settings of configs/rts_aid.yaml (whatever they are: at present ADV² with ε 12/255, α 2/255, 5 warm-start +
-20 steps on half of each batch, and the presence gate the only part trained). Each trains for ``--warm-batches`` + N batches of the shapes data (batch 64 by default,
+20 steps on half of each batch, and the presence gate the only part trained). Each trains for
+``--warm-batches`` + N batches of the shapes data (batch 64 by default,
 32 px) with a Lightning ``Trainer`` (no logger, checkpoints or validation); the N timed batches give the
 median time per step and steps per second (N / their total time). Each module trains in its own Python
 process, so the peak resident memory of that process (``getrusage``; on GPU also

@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import ROOT, run_script
 
 SCRIPT = str(ROOT / "tests" / "ddp_eval_script.py")
+AID_SCRIPT = str(ROOT / "tests" / "ddp_aid_script.py")
 
 
 def summary(path):
@@ -63,3 +64,22 @@ def test_evaluation_under_inference_mode_fails_with_a_clear_message(tmp_path):
     with pytest.raises(RuntimeError, match="inference_mode=False"):
         trainer.test(TinyModule(), datamodule=dm)
     assert not torch.is_inference_mode_enabled()
+
+
+@pytest.mark.slow
+def test_two_process_aid_training_keeps_the_gate_in_sync_and_the_masker_frozen(tmp_path):
+    import torch
+
+    from aid.checkpoints import load_checkpoint
+
+    r = run_script([AID_SCRIPT, "2", str(tmp_path)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
+    for k, v in ranks[0]["gate"].items():  # DDP averaged the gate's gradients: identical weights
+        assert torch.equal(v, ranks[1]["gate"][k]), k
+    start = torch.load(tmp_path / "rts.ckpt", weights_only=True)["state_dict"]
+    for k, v in ranks[0]["frozen"].items():  # train_masker false: RTS's masker as it was loaded
+        assert torch.equal(v, start[f"masker.{k}"]), k
+    clf = load_checkpoint(tmp_path / "classifier.ckpt")["state_dict"]
+    start_gate = {f"model.{k[len('classifier.backbone.'):]}": v for k, v in clf.items() if ".backbone." in k}
+    assert any(not torch.equal(v, start_gate[k]) for k, v in ranks[0]["gate"].items()), "the gate did not train"
