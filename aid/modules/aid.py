@@ -69,8 +69,9 @@ class AIDModule(RTSModule):
             softmax probability; a width: a small CNN from scratch that starts out saying "present".
         presence_lr: learning rate of the presence head (default None: ``lr``). The head learns from scratch
             while the rest of the masker is fine-tuned, so it may need a larger one.
-        presence_init: initial logit of every class in the presence head (sigmoid 0.95 for 3): lower makes
-            the head learn faster (its sigmoid is less saturated) and scales RTS's maps down at the start.
+        presence_init: initial logit of every class in a small-CNN presence head (sigmoid 0.95 for 3; unused
+            by ``"encoder"``): lower makes the head learn faster (its sigmoid is less saturated) and scales
+            RTS's maps down at the start.
         presence_ce_weight: weight of the presence gate's adversarial training term in the ℓ_aid step:
             A(x) must make the gate call x's own class present (cross-entropy towards y for the encoder
             copy, Madry-style adversarial training of the gate; default 0).
@@ -82,7 +83,8 @@ class AIDModule(RTSModule):
             to tell them apart by a difference that does not exist at inference (default True).
         other args: as :class:`RTSModule`.
 
-    Logs ``train/loss`` (ℓ_int), ``train/aid`` (ℓ_aid), ``train/attack_asr``.
+    Logs ``train/loss`` (ℓ_int), ``train/aid`` (ℓ_aid), ``train/keep`` (ℓ_keep), ``train/attack_asr`` and,
+    with ``presence_ce_weight``, ``train/presence_ce``.
     """
 
     def __init__(
