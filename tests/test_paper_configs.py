@@ -80,7 +80,9 @@ def classifier_spec(ckpt: str) -> dict[str, Any]:
     cfg = producer(ckpt)
     assert cfg["model"]["class_path"].endswith("ClassifierModule"), f"{ckpt} is not written by a classifier config"
     spec = dict(init_args(cfg), pretrained=False)
-    assert spec.get("num_classes"), f"the config writing {ckpt} must state model.num_classes"
+    # The embedded classifier config takes its class count from the data (the shapes module states it).
+    spec["num_classes"] = spec.get("num_classes") or init_args(cfg, "data").get("num_classes")
+    assert spec["num_classes"], f"the config writing {ckpt} must state model.num_classes"
     return spec
 
 
@@ -130,6 +132,9 @@ def write_checkpoints(cfg: dict[str, Any]) -> None:
         else:
             spec, mask_scale = masker_spec(value)
             masker = RTSMasker.from_classifier(ClassifierModule(**spec).classifier, mask_scale=mask_scale)
+            presence = init_args(producer(value)).get("presence")
+            if presence:  # an RTSA checkpoint of an AID run with a presence gate
+                masker.add_presence(presence)
             torch.save({"state_dict": {f"masker.{k}": v for k, v in masker.state_dict().items()}}, value)
 
 
@@ -164,8 +169,9 @@ def planned_attacks(cb: EvaluationCallback) -> list[tuple[str, str | None, dict[
     ]
 
 
-def check_attack_tables(model, callbacks: list[EvaluationCallback]) -> list:
-    """Construct every attack of the callbacks (argument names and values are checked by the constructors)."""
+def check_attack_tables(model, callbacks: list[EvaluationCallback], mask_iterations: int | None = 500) -> list:
+    """Construct every attack of the callbacks (argument names and values are checked by the constructors);
+    ``mask_iterations``: what the MASK interpreter must run (the authors' 500; None: not checked)."""
     attacks = []
     for cb in callbacks:
         for key in cb.attack_kwargs:
@@ -175,8 +181,8 @@ def check_attack_tables(model, callbacks: list[EvaluationCallback]) -> list:
         plan = planned_attacks(cb)
         names = sorted({name for _, name, _ in plan if name is not None})
         interps = resolve_interpreters(model, names, cb.interpreter_kwargs)
-        if "mask" in interps:
-            assert interps["mask"].iterations == 500  # the authors' MASK interpreter
+        if "mask" in interps and mask_iterations is not None:
+            assert interps["mask"].iterations == mask_iterations  # the authors' MASK interpreter
         for attack, name, kwargs in plan:
             interp = {} if name is None else {"interpreter": interps[name]}
             attacks.append(build_attack(attack, model.classifier, **interp, **kwargs))

@@ -242,7 +242,12 @@ class RTSLoss(InterpretationLoss):
         self.presence_weight = float(presence_weight)
 
     def extra_loss(self, x_adv: Tensor, target: Tensor) -> Tensor:
-        return self._mask_logits_extra(x_adv, target)[2]
+        # The encoder and the gate alone: the decoder's mask is not needed for this term.
+        masker = self.interpreter.masker
+        with frozen_eval(*self.interpreter.modules()):
+            logits = masker.encoder_logits(x_adv)
+            presence = None if masker.presence is None else masker.presence(masker.normalize(x_adv))
+        return self._extra(logits, presence, target)
 
     def _extra(self, logits: Tensor, presence: Tensor | None, target: Tensor) -> Tensor:
         extra = F.cross_entropy(logits.float(), target, reduction="none")

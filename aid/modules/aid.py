@@ -67,8 +67,8 @@ class AIDModule(RTSModule):
             :mod:`aid.interpreters.presence`): its probability that the asked class is shown multiplies
             the mask. ``"encoder"``: a trainable copy of the masker's encoder (the classifier), its
             softmax probability; a width: a small CNN from scratch that starts out saying "present".
-        presence_lr: learning rate of the presence head (default None: ``lr``). The head learns from scratch
-            while the rest of the masker is fine-tuned, so it may need a larger one.
+        presence_lr: learning rate of the presence gate (default None: ``lr``); a small CNN learnt from
+            scratch beside a fine-tuned masker may need a larger one than the masker.
         presence_init: initial logit of every class in a small-CNN presence head (sigmoid 0.95 for 3; unused
             by ``"encoder"``): lower makes the head learn faster (its sigmoid is less saturated) and scales
             RTS's maps down at the start.
