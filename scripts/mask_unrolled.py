@@ -1,0 +1,102 @@
+"""Is ADV² against MASK limited by Algorithm 1's map estimate? An attack through the exact MASK map.
+
+MASK's map is an optimisation from a fixed start (m = 0.5, Adam), so its first K iterations are a
+differentiable function of x. This probe unrolls them with the graph (Adam included) and runs
+targeted ADV² (sign steps, ε = 12/255, 30 PGD warm-start steps) on the MSE between that K-step map
+and the benign map, then scores the interpreter's own 150-iteration map of the best iterate as
+``configs/eval_adv2.yaml`` does (IoU of the top 25 %, per-pixel L1). It also prints how well the K-step
+map predicts the 150-iteration one on benign and PGD inputs. README ("ADV² evaluation") quotes it:
+
+    python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aid.attacks.pgd import PGD  # noqa: E402
+from aid.attacks.targets import random_target_classes  # noqa: E402
+from aid.checkpoints import load_classifier  # noqa: E402
+from aid.interpreters import build_interpreter  # noqa: E402
+from aid.interpreters.mask import MaskInterpreter  # noqa: E402
+from aid.metrics import map_iou, map_l1  # noqa: E402
+from datamodules import ShapesDataModule  # noqa: E402
+
+
+def unrolled_map(mask: MaskInterpreter, x: Tensor, target: Tensor, steps: int) -> Tensor:
+    """MASK's map (B, 1, H, W) after ``steps`` Adam iterations from its start, differentiable in x."""
+    ref = mask.reference(x)
+    p = mask.init_mask(x).detach().requires_grad_(True)
+    m1, m2 = torch.zeros_like(p), torch.zeros_like(p)
+    b1, b2 = 0.9, 0.999  # torch.optim.Adam's defaults, as MaskInterpreter.optimize uses
+    for i in range(1, steps + 1):
+        (g,) = torch.autograd.grad(mask.mask_loss(x, target, p, ref).sum(), p, create_graph=True)
+        m1, m2 = b1 * m1 + (1 - b1) * g, b2 * m2 + (1 - b2) * g * g
+        p = (p - mask.lr * (m1 / (1 - b1**i)) / ((m2 / (1 - b2**i)).sqrt() + 1e-8)).clamp(0, 1)
+    return mask.mask_to_map(p, x.shape[-2:])
+
+
+def attack(clf, mask, x, t, benign, unroll: int, steps: int, lam: float, eps: float, alpha: float) -> Tensor:
+    """Best iterate (lowest K-step map MSE among those classified as t) of ADV² through the unrolled map."""
+    xa = PGD(clf, eps=eps, alpha=alpha, steps=30)(x, t).x_adv.detach()
+    best, best_loss = xa.clone(), torch.full((len(x),), float("inf"))
+    for _ in range(steps + 1):
+        xv = xa.clone().requires_grad_(True)
+        l_int = (unrolled_map(mask, xv, t, unroll) - benign).pow(2).flatten(1).mean(1)
+        loss = lam * l_int + F.cross_entropy(clf(xv), t, reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), xv)
+        with torch.no_grad():
+            keep = (clf(xa).argmax(1) == t) & (l_int < best_loss)
+            best_loss = torch.where(keep, l_int.detach(), best_loss)
+            best[keep] = xa[keep]
+            xa = (x + (xa - alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("classifier_ckpt")
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--unroll", type=int, nargs="+", default=[20, 40], help="MASK iterations unrolled")
+    p.add_argument("--steps", type=int, default=30, help="ADV² steps after the warm start")
+    p.add_argument("--lam", type=float, default=100.0)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    clf = load_classifier(args.classifier_ckpt).eval().requires_grad_(False)
+    data = ShapesDataModule(image_size=32, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
+    data.setup("fit")
+    x, y = next(iter(data.val_dataloader()))[:2]
+    with torch.no_grad():
+        right = clf(x).argmax(1) == y
+    x, y = x[right][: args.images], y[right][: args.images]
+    t = random_target_classes(y, clf.num_classes, 0)
+    mask = build_interpreter("mask", clf, iterations=150)
+    eps, alpha = 12 / 255, 1 / 255
+    benign = mask.attribute(x, y)
+    x_pgd = PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv
+    pgd_map = mask.attribute(x_pgd, t)
+    print(f"{len(x)} validation images; PGD: IoU {map_iou(pgd_map, benign).mean():.3f}, "
+          f"L1 {map_l1(pgd_map, benign).mean():.3f}")
+    for k in args.unroll:
+        with torch.no_grad():
+            pred_b = mask.mask_to_map(mask.optimize(x, y, steps=k), (32, 32))
+            pred_p = mask.mask_to_map(mask.optimize(x_pgd, t, steps=k), (32, 32))
+        x_adv = attack(clf, mask, x, t, benign, k, args.steps, args.lam, eps, alpha)
+        with torch.no_grad():
+            asr = (clf(x_adv).argmax(1) == t).float().mean()
+        adv_map = mask.attribute(x_adv, t)
+        print(f"unroll {k}: IoU(K-step, 150-step map) benign {map_iou(pred_b, benign).mean():.3f}, "
+              f"PGD {map_iou(pred_p, pgd_map).mean():.3f}; ADV² through it: asr {asr:.3f}, "
+              f"IoU {map_iou(adv_map, benign).mean():.3f}, L1 {map_l1(adv_map, benign).mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
