@@ -5,9 +5,12 @@ differentiable function of x. This probe unrolls them with the graph (Adam inclu
 targeted ADV² (sign steps, ε = 12/255, 30 PGD warm-start steps) on the MSE between that K-step map
 and the benign map, then scores the interpreter's own 150-iteration map of the best iterate as
 ``configs/eval_adv2.yaml`` does (IoU of the top 25 %, per-pixel L1). It also prints how well the K-step
-map predicts the 150-iteration one on benign and PGD inputs. README ("ADV² evaluation") quotes it:
+map predicts the 150-iteration one on benign and PGD inputs, and what the maps look like (share of
+non-zero pixels, largest value, images whose PGD map shares no pixel with the benign one). README
+("ADV² evaluation") quotes it:
 
     python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
+    python scripts/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
 """
 
 from __future__ import annotations
@@ -65,13 +68,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("classifier_ckpt")
     p.add_argument("--images", type=int, default=32)
-    p.add_argument("--unroll", type=int, nargs="+", default=[20, 40], help="MASK iterations unrolled")
+    p.add_argument("--unroll", type=int, nargs="*", default=[20, 40], help="MASK iterations unrolled")
+    p.add_argument("--size", type=int, default=32, help="image side the classifier was trained at")
     p.add_argument("--steps", type=int, default=30, help="ADV² steps after the warm start")
     p.add_argument("--lam", type=float, default=100.0)
     args = p.parse_args()
     torch.manual_seed(0)
     clf = load_classifier(args.classifier_ckpt).eval().requires_grad_(False)
-    data = ShapesDataModule(image_size=32, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
+    data = ShapesDataModule(image_size=args.size, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
     data.setup("fit")
     x, y = next(iter(data.val_dataloader()))[:2]
     with torch.no_grad():
@@ -83,12 +87,16 @@ def main() -> None:
     benign = mask.attribute(x, y)
     x_pgd = PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv
     pgd_map = mask.attribute(x_pgd, t)
-    print(f"{len(x)} validation images; PGD: IoU {map_iou(pgd_map, benign).mean():.3f}, "
+    pgd_iou = map_iou(pgd_map, benign)
+    print(f"{len(x)} validation images; PGD: IoU {pgd_iou.mean():.3f} (0 on {int((pgd_iou == 0).sum())}), "
           f"L1 {map_l1(pgd_map, benign).mean():.3f}")
+    for name, maps in (("benign", benign), ("PGD", pgd_map)):
+        print(f"{name} maps: non-zero pixels {(maps > 0).float().mean():.3f}, "
+              f"mean value {maps.mean():.3f}, mean largest value {maps.amax(dim=(1, 2, 3)).mean():.3f}")
     for k in args.unroll:
         with torch.no_grad():
-            pred_b = mask.mask_to_map(mask.optimize(x, y, steps=k), (32, 32))
-            pred_p = mask.mask_to_map(mask.optimize(x_pgd, t, steps=k), (32, 32))
+            pred_b = mask.mask_to_map(mask.optimize(x, y, steps=k), x.shape[-2:])
+            pred_p = mask.mask_to_map(mask.optimize(x_pgd, t, steps=k), x.shape[-2:])
         x_adv = attack(clf, mask, x, t, benign, k, args.steps, args.lam, eps, alpha)
         with torch.no_grad():
             asr = (clf(x_adv).argmax(1) == t).float().mean()

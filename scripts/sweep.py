@@ -11,7 +11,8 @@ leave most of the card idle, so several processes share it.
     python scripts/sweep.py plans/aid_gpu.yaml --out sweeps/aid --prereq /path/with/runs --jobs 6
 
 Plan keys: ``defaults`` (any variant key), ``variants`` (list). Variant keys: ``name``, ``script``
-(train.py or evaluate.py), ``config`` (path relative to the repository), ``patch`` (dict), ``args``
+(train.py or evaluate.py), ``subcommand`` (fit, validate, test; default: the script's own),
+``config`` (path relative to the repository), ``patch`` (dict), ``args``
 (extra command-line arguments), ``links`` ({path in the workdir: source}), ``report`` (summary.json
 path in the workdir), ``keys`` (metrics to tabulate), ``ratios`` ({label: [numerator key, denominator
 key]}), ``stage`` (int, default 0). A variant's ``links``, ``keys`` and ``ratios`` replace the
@@ -67,7 +68,8 @@ def variant_command(v: dict, workdir: Path) -> list[str]:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     script = str(ROOT / v.get("script", "train.py"))
-    return [sys.executable, script, "--config", str(path), *map(str, v.get("args", []))]
+    sub = [str(v["subcommand"])] if v.get("subcommand") else []
+    return [sys.executable, script, *sub, "--config", str(path), *map(str, v.get("args", []))]
 
 
 def make_links(v: dict, workdir: Path, out: Path, prereq: Path | None) -> None:

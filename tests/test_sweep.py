@@ -59,3 +59,12 @@ def test_variant_links_replace_the_defaults_and_the_written_config_is_patched(tm
     assert (workdir / "runs" / "classifier").is_symlink() and not (workdir / "runs" / "rts").exists()
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     assert config["trainer"]["max_epochs"] == 7 and config["model"]["init_args"]["lr"] == 0.5
+
+
+def test_a_variants_subcommand_comes_before_the_config(tmp_path):
+    v = {"name": "a", "script": "evaluate.py", "subcommand": "validate", "config": "configs/eval_adv2.yaml",
+         "args": ["--seed_everything", "1"]}
+    cmd = sweep.variant_command(v, tmp_path)
+    assert cmd[1:] == [str(ROOT / "evaluate.py"), "validate", "--config", str(tmp_path / "config.yaml"),
+                       "--seed_everything", "1"]
+    assert "validate" not in sweep.variant_command({**v, "subcommand": None}, tmp_path)
