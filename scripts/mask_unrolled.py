@@ -93,6 +93,12 @@ def main() -> None:
     for name, maps in (("benign", benign), ("PGD", pgd_map)):
         print(f"{name} maps: non-zero pixels {(maps > 0).float().mean():.3f}, "
               f"mean value {maps.mean():.3f}, mean largest value {maps.amax(dim=(1, 2, 3)).mean():.3f}")
+    with torch.no_grad():  # does MASK's deletion remove the class? (its blur is the only reference)
+        ref = mask.reference(x)
+        deleted = mask.phi(x, 1 - benign, reference=ref)
+        p_y = [clf(z).softmax(1).gather(1, y[:, None]).mean().item() for z in (x, ref, deleted)]
+    print("benign class probability: image {:.3f}, whole image blurred {:.3f}, MASK's region blurred {:.3f}"
+          .format(*p_y))
     for k in args.unroll:
         with torch.no_grad():
             pred_b = mask.mask_to_map(mask.optimize(x, y, steps=k), x.shape[-2:])
