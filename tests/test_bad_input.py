@@ -10,6 +10,8 @@ from aid.defenses.squeeze import build_squeezer
 from aid.interpreters import build_interpreter
 from aid.models import build_classifier
 
+# Class indices outside [0, 4) that a LongTensor can hold (beyond int64 torch itself overflows).
+OUT_OF_RANGE = st.one_of(st.integers(-(2**63), -1), st.integers(4, 2**63 - 1))
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -56,7 +58,7 @@ def test_interpreters_reject_generated_bad_images_with_a_clear_error(model, name
 
 
 @SETTINGS
-@given(target=st.one_of(st.integers(max_value=-1), st.integers(min_value=4)))
+@given(target=OUT_OF_RANGE)
 def test_interpreters_reject_target_classes_out_of_range(model, target):
     with pytest.raises(ValueError, match="target classes"):
         build_interpreter("grad", model)(torch.rand(2, 3, 16, 16), target)
@@ -74,7 +76,7 @@ def test_attacks_reject_non_positive_budget_or_steps(model, eps, steps):
 
 
 @SETTINGS
-@given(target=st.one_of(st.integers(max_value=-1), st.integers(min_value=4)), x=bad_images())
+@given(target=OUT_OF_RANGE, x=bad_images())
 def test_attacks_reject_bad_images_and_targets(model, target, x):
     pgd = build_attack("pgd", model, steps=1)
     with pytest.raises(ValueError, match="target classes"):

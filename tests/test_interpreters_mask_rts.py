@@ -72,9 +72,16 @@ def test_mixed_reference_chooses_blur_or_noise_per_image():
     assert 0 < int(is_blur.sum()) < 16
 
 
+def test_grey_reference_is_constant_grey_and_draws_nothing():
+    phi = Blend("grey")
+    assert not phi.random
+    ref = phi.reference(images(2))
+    assert torch.equal(ref, torch.full_like(ref, 0.5))
+
+
 def test_blend_rejects_unknown_reference():
-    with pytest.raises(ValueError, match="blur, noise, color, mixed"):
-        Blend("gray")
+    with pytest.raises(ValueError, match="blur, noise, color, grey, mixed"):
+        Blend("pink")
 
 
 # ----- MASK ------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 - ``noise``: Gaussian noise (σ ``noise_std``) around a random constant colour per image and channel
   (Dabkowski & Gal's "random colours");
 - ``color``: the random constant colour alone;
+- ``grey``: the constant grey 0.5 (Fong & Vedaldi's "constant" perturbation; deterministic, so a
+  sample's result does not depend on the other images of its batch);
 - ``mixed``: per image, ``blur`` with probability ``blur_prob`` and ``noise`` otherwise (Dabkowski & Gal's
   training setting, ``blurred_version_prob=0.5``).
 
@@ -24,7 +26,7 @@ import torch
 from kornia.filters import gaussian_blur2d
 from torch import Tensor
 
-REFERENCES = ("blur", "noise", "color", "mixed")
+REFERENCES = ("blur", "noise", "color", "grey", "mixed")
 
 
 def scaled_sigma(sigma_at_224: float, size: int, minimum: float = 1.0) -> float:
@@ -88,7 +90,7 @@ class Blend:
     """The perturbation operator φ with one kind of reference (see the module docstring).
 
     Args:
-        reference: ``blur`` (default), ``noise``, ``color`` or ``mixed``.
+        reference: ``blur`` (default), ``noise``, ``color``, ``grey`` or ``mixed``.
         blur_sigma: blur σ in pixels; ``None`` scales ``blur_sigma_224`` to the image side.
         blur_sigma_224: σ at 224 px used when ``blur_sigma`` is None (MASK: 3.5; RTS: 11).
         min_sigma: lower bound of the scaled σ (pixels).
@@ -131,7 +133,7 @@ class Blend:
     @property
     def random(self) -> bool:
         """Whether the reference draws random numbers."""
-        return self.kind != "blur"
+        return self.kind not in ("blur", "grey")
 
     def sigma_for(self, x: Tensor) -> float:
         """The blur σ (pixels) used for images x."""
@@ -143,6 +145,8 @@ class Blend:
         """The reference r (B, C, H, W) for images x (B, C, H, W)."""
         if self.kind == "blur":
             return blur_reference(x, self.sigma_for(x), self.kernel_size)
+        if self.kind == "grey":
+            return torch.full_like(x, 0.5)
         noise_std = 0.0 if self.kind == "color" else self.noise_std
         ref = random_reference(x, generator, noise_std, self.color_range)
         if self.kind == "mixed":

@@ -1,0 +1,36 @@
+"""scripts/mask_quality.py: setting parsing and the statistics it prints for one MASK setting."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from aid.interpreters.mask import MaskInterpreter
+from tests.conftest import quadrant_classifier, quadrant_images
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("mask_quality", ROOT / "scripts" / "mask_quality.py")
+mask_quality = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mask_quality)
+
+
+def test_settings_parse_literals_and_words_and_reject_missing_values():
+    assert mask_quality.parse_setting("default") == {}
+    assert mask_quality.parse_setting("perturbation=blur,area_weight=0.1") == {
+        "perturbation": "blur", "area_weight": 0.1}
+    with pytest.raises(SystemExit, match="key=value"):
+        mask_quality.parse_setting("area_weight")
+
+
+def test_a_mask_that_deletes_the_class_scores_below_the_image_probability():
+    clf = quadrant_classifier()
+    x, y = quadrant_images(4, seed=3)
+    objects = torch.zeros(4, 1, *x.shape[-2:])
+    objects[..., :8, :8] = 1
+    q = mask_quality.quality(MaskInterpreter(clf, iterations=30), clf, x, y, objects)
+    assert set(q) == {"empty", "nonzero", "largest", "p_image", "p_deleted", "loc_iou", "energy"}
+    assert all(0 <= v <= 1 for v in q.values())
+    assert q["p_deleted"] < q["p_image"]
