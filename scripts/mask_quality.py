@@ -13,6 +13,8 @@ deleted, and the IoU of the two maps: how many different deletions remove the ad
 ``aid/interpreters/mask.py`` and README quote it:
 
     python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default perturbation=blur --pgd
+    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default \
+        perturbation=blur,area_weight=0.5 perturbation=grey,area_weight=0.5 perturbation=grey,area_weight=0.1
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ between that K-step map and the benign map, then scores the interpreter's own 15
 the best iterate as ``configs/eval_adv2.yaml`` does (IoU of the top 25 %, per-pixel L1). It also
 prints how well the K-step map predicts the 150-iteration one on benign and PGD inputs, what the maps
 look like (share of non-zero pixels, largest value, images whose PGD map shares no pixel with the
-benign one) and whether MASK's deletion removes the class. README
+benign one) and whether MASK's deletion (its reference in place of the image) removes the class. README
 ("ADV² evaluation") quotes it:
 
     python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
@@ -96,11 +96,12 @@ def main() -> None:
     for name, maps in (("benign", benign), ("PGD", pgd_map)):
         print(f"{name} maps: non-zero pixels {(maps > 0).float().mean():.3f}, "
               f"mean value {maps.mean():.3f}, mean largest value {maps.amax(dim=(1, 2, 3)).mean():.3f}")
-    with torch.no_grad():  # does MASK's deletion remove the class? (its blur is the only reference)
+    with torch.no_grad():  # does MASK's deletion remove the class?
         ref = mask.reference(x)
         deleted = mask.phi(x, 1 - benign, reference=ref)
         p_y = [clf(z).softmax(1).gather(1, y[:, None]).mean().item() for z in (x, ref, deleted)]
-    print("benign class probability: image {:.3f}, whole image blurred {:.3f}, MASK's region blurred {:.3f}"
+    print("benign class probability: image {:.3f}, whole image replaced by MASK's reference {:.3f}, "
+          "MASK's region replaced {:.3f}"
           .format(*p_y))
     for k in args.unroll:
         with torch.no_grad():

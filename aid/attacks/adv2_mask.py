@@ -98,8 +98,8 @@ class MaskFollower:
     def lookahead(self, x: Tensor, target_map: Tensor) -> Tensor:
         """(1/n) Σ_j ℓ_int(1 − m_j(x), m_t) per sample (B,), differentiable with respect to x.
 
-        x must require grad; the blur reference of φ is recomputed from x, so the gradient also flows
-        through it.
+        x must require grad; the reference of φ is recomputed from x, so with the blur reference the
+        gradient also flows through it.
         """
         m = self.param.detach().requires_grad_(True)
         total = x.new_zeros(x.shape[0], dtype=torch.float32)

@@ -12,11 +12,13 @@ game with the roles of m and 1 − m swapped; we follow Fong & Vedaldi's convent
 
 Settings (defaults chosen for 32 px images, documented where they differ from the authors'; the
 numbers are from ``python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default
-perturbation=blur`` on 64 validation images with the main job's classifier, 150 iterations):
+perturbation=blur,area_weight=0.5 perturbation=grey,area_weight=0.5 perturbation=grey,area_weight=0.1``
+on 64 validation images with the main job's classifier, 150 iterations):
 - reference ``grey`` (Fong & Vedaldi's constant perturbation) instead of the authors' blur. At 32 px no
-  blur removes the embedded classifier's class, so the blur MASK mostly finds nothing worth deleting:
-  47 % of its maps were all zero and deleting its region left p(class) at 0.50 (0.99 on the images),
-  with localisation IoU 0.16 / energy 0.25 against the object masks. With grey: 8 % empty maps,
+  blur removes the embedded classifier's class, so the blur MASK (with the earlier area weight 0.5)
+  mostly finds nothing worth deleting: 47 % of its maps were all zero and deleting its region left
+  p(class) at 0.50 (0.99 on the images), with localisation IoU 0.16 / energy 0.25 against the object
+  masks. With grey: 8 % empty maps,
   p(class) 0.08 after the deletion, localisation 0.34 / 0.53. Grey is also deterministic, so a
   sample's map does not depend on its batch (the random ``noise`` / ``color`` references do).
   ``perturbation="blur"`` gives the authors' MASK (the paper-scale configs use it).
