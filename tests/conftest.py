@@ -64,3 +64,9 @@ def quadrant_classifier():
         F.cross_entropy(f(x), y).backward()
         opt.step()
     return f.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    """:func:`quadrant_classifier`, once per test module (a module may define its own ``model``)."""
+    return quadrant_classifier()

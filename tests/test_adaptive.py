@@ -11,16 +11,11 @@ from aid.attacks.base import build_attack
 from aid.defenses import FeatureSqueezingDetector, build_squeezer
 from aid.interpreters.cam import CAM
 from aid.interpreters.mask import MaskInterpreter
-from tests.conftest import quadrant_classifier, quadrant_images
+from tests.conftest import quadrant_images
 
 SIZE = 16
 EPS = 0.1
 KW = dict(eps=EPS, alpha=EPS / 5, steps=10, warm_steps=10)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return quadrant_classifier()
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,10 @@ from aid.attacks.pgd import PGD
 from aid.attacks.strategies import map_mse
 from aid.interpreters.mask import MaskInterpreter
 from aid.model_state import frozen_eval
-from tests.conftest import quadrant_classifier, quadrant_images
+from tests.conftest import quadrant_images
 
 SIZE = 16
 EPS = 0.1
-
-
-@pytest.fixture(scope="module")
-def model():
-    return quadrant_classifier()
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,9 @@ from aid.attacks.stadv import ADV2StAdv, StAdv, apply_flow, flow_loss
 from aid.attacks.strategies import map_mse
 from aid.interpreters.cam import CAM
 from aid.interpreters.mask import MaskInterpreter
-from tests.conftest import quadrant_classifier, quadrant_images
+from tests.conftest import quadrant_images
 
 SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def model():
-    return quadrant_classifier()
 
 
 @pytest.fixture(scope="module")
