@@ -76,7 +76,7 @@ class RTSLoss(nn.Module):
         destroyer: ``hinge`` (default) or ``prob``.
         preserve_confidence: κ_p of the preserver hinge (default 1).
         destroy_confidence: κ_d of the destroyer hinge (default 5).
-        perturbation: reference of φ: ``mixed`` (default), ``blur``, ``noise``, ``color``.
+        perturbation: reference of φ: ``mixed`` (default), ``blur``, ``noise``, ``color``, ``grey``.
         blur_sigma: σ of the blur reference in pixels; ``None`` scales 11 px at 224 px (floor 1 px).
         noise_std, color_range, blur_prob: of the random reference (see :mod:`blend`).
         reduction: ``mean`` (default) over the batch or ``none`` for per-image losses (B,).
