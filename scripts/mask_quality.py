@@ -30,11 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
-from aid.checkpoints import load_classifier  # noqa: E402
 from aid.interpreters.mask import MaskInterpreter  # noqa: E402
 from aid.metrics import localization, map_iou  # noqa: E402
 from aid.models import NormalizedClassifier  # noqa: E402
-from datamodules import ShapesDataModule  # noqa: E402
+from scripts.shapes_images import correct_validation_images  # noqa: E402
 
 
 def parse_setting(text: str) -> dict[str, object]:
@@ -60,22 +59,10 @@ def deletion_probability(mask: MaskInterpreter, clf: NormalizedClassifier, x, y,
     return clf(perturbed).softmax(1).gather(1, y[:, None]).squeeze(1)
 
 
-def adversarial_deletions(mask: MaskInterpreter, clf: NormalizedClassifier, x, y, x_adv, t) -> dict[str, float]:
-    """p(t) on x_adv, with MASK's region of x_adv (for t) deleted, with the benign region deleted; IoU."""
-    benign, adv = mask.attribute(x, y), mask.attribute(x_adv, t)
-    with torch.no_grad():
-        p_adv = clf(x_adv).softmax(1).gather(1, t[:, None]).squeeze(1)
-    return {
-        "p_adv": p_adv.mean().item(),
-        "p_own": deletion_probability(mask, clf, x_adv, t, adv).mean().item(),
-        "p_benign": deletion_probability(mask, clf, x_adv, t, benign).mean().item(),
-        "iou": map_iou(adv, benign).mean().item(),
-    }
-
-
-def quality(mask: MaskInterpreter, clf: NormalizedClassifier, x, y, objects) -> dict[str, float]:
-    """The statistics of one setting (see the module docstring) as a dict of floats."""
-    maps = mask.attribute(x, y)
+def quality(mask: MaskInterpreter, clf: NormalizedClassifier, x, y, objects, maps=None) -> dict[str, float]:
+    """The statistics of one setting (see the module docstring) as a dict of floats; ``maps``: MASK's
+    maps of (x, y) when already computed."""
+    maps = mask.attribute(x, y) if maps is None else maps
     with torch.no_grad():
         p_image = clf(x).softmax(1).gather(1, y[:, None]).squeeze(1)
     loc_iou, energy = localization(maps, objects)
@@ -90,6 +77,17 @@ def quality(mask: MaskInterpreter, clf: NormalizedClassifier, x, y, objects) -> 
     }
 
 
+def adversarial_deletions(mask: MaskInterpreter, clf: NormalizedClassifier, x_adv, t, benign) -> dict[str, float]:
+    """p(t) on x_adv with MASK's region of x_adv (for t) deleted and with the benign maps' region deleted,
+    and the IoU of MASK's adversarial and benign maps."""
+    adv = mask.attribute(x_adv, t)
+    return {
+        "p_own": deletion_probability(mask, clf, x_adv, t, adv).mean().item(),
+        "p_benign": deletion_probability(mask, clf, x_adv, t, benign).mean().item(),
+        "iou": map_iou(adv, benign).mean().item(),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("classifier_ckpt")
@@ -99,33 +97,30 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=150, help="MASK iterations (eval_adv2.yaml: 150)")
     p.add_argument("--pgd", action="store_true", help="also delete regions of PGD examples (see above)")
     args = p.parse_args()
-    clf = load_classifier(args.classifier_ckpt).eval().requires_grad_(False)
-    data = ShapesDataModule(image_size=args.size, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
-    data.setup("fit")
-    x, y, objects = next(iter(data.val_dataloader()))[:3]
-    with torch.no_grad():
-        right = clf(x).argmax(1) == y
-    x, y, objects = x[right][: args.images], y[right][: args.images], objects[right][: args.images]
+    clf, x, y, objects = correct_validation_images(args.classifier_ckpt, args.size, args.images)
+    if args.pgd:
+        t = random_target_classes(y, clf.num_classes, 0)
+        pgd = PGD(clf, eps=12 / 255, alpha=1 / 255, steps=60)(x, t)
     print(f"{len(x)} validation images, MASK with {args.iterations} iterations")
     print("| setting | empty maps | non-zero pixels | largest value | p(class) image → region deleted "
           "| localisation IoU | energy |")
     print("|---|---|---|---|---|---|---|")
+    adversarial_rows = []
     for text in args.settings:
-        kwargs = {"iterations": args.iterations, **parse_setting(text)}
-        q = quality(MaskInterpreter(clf, **kwargs), clf, x, y, objects)
+        mask = MaskInterpreter(clf, iterations=args.iterations, **parse_setting(text))
+        benign = mask.attribute(x, y)
+        q = quality(mask, clf, x, y, objects, benign)
         print(f"| {text} | {q['empty']:.2f} | {q['nonzero']:.3f} | {q['largest']:.2f} | "
               f"{q['p_image']:.3f} → {q['p_deleted']:.3f} | {q['loc_iou']:.3f} | {q['energy']:.3f} |", flush=True)
-    if not args.pgd:
-        return
-    t = random_target_classes(y, clf.num_classes, 0)
-    x_adv = PGD(clf, eps=12 / 255, alpha=1 / 255, steps=60)(x, t).x_adv
-    print("\nPGD examples, target class t: | setting | p(t) adversarial → MASK's region deleted / benign "
-          "region deleted | IoU(MASK map, benign map) |")
-    print("|---|---|---|")
-    for text in args.settings:
-        kwargs = {"iterations": args.iterations, **parse_setting(text)}
-        d = adversarial_deletions(MaskInterpreter(clf, **kwargs), clf, x, y, x_adv, t)
-        print(f"| {text} | {d['p_adv']:.3f} → {d['p_own']:.3f} / {d['p_benign']:.3f} | {d['iou']:.3f} |", flush=True)
+        if args.pgd:
+            d = adversarial_deletions(mask, clf, pgd.x_adv, t, benign)
+            adversarial_rows.append(f"| {text} | {pgd.confidence.mean():.3f} → {d['p_own']:.3f} / "
+                                    f"{d['p_benign']:.3f} | {d['iou']:.3f} |")
+    if adversarial_rows:
+        print("\nPGD examples, target class t: | setting | p(t) adversarial → MASK's region deleted / benign "
+              "region deleted | IoU(MASK map, benign map) |")
+        print("|---|---|---|")
+        print("\n".join(adversarial_rows))
 
 
 if __name__ == "__main__":

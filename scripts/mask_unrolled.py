@@ -29,11 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aid.attacks.pgd import PGD, signed_step  # noqa: E402
 from aid.attacks.schedules import BestIterate  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
-from aid.checkpoints import load_classifier  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.interpreters.mask import MaskInterpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
-from datamodules import ShapesDataModule  # noqa: E402
+from scripts.shapes_images import correct_validation_images  # noqa: E402
 
 
 def unrolled_map(mask: MaskInterpreter, x: Tensor, target: Tensor, steps: int) -> Tensor:
@@ -77,13 +76,7 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=100.0)
     args = p.parse_args()
     torch.manual_seed(0)
-    clf = load_classifier(args.classifier_ckpt).eval().requires_grad_(False)
-    data = ShapesDataModule(image_size=args.size, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
-    data.setup("fit")
-    x, y = next(iter(data.val_dataloader()))[:2]
-    with torch.no_grad():
-        right = clf(x).argmax(1) == y
-    x, y = x[right][: args.images], y[right][: args.images]
+    clf, x, y, _ = correct_validation_images(args.classifier_ckpt, args.size, args.images)
     t = random_target_classes(y, clf.num_classes, 0)
     mask = build_interpreter("mask", clf, iterations=150)
     eps, alpha = 12 / 255, 1 / 255
