@@ -4,10 +4,11 @@ MASK's map is an optimisation from a fixed start (m = 0.5, Adam), so its first K
 differentiable function of x. This probe unrolls them with the graph (Adam included) and runs
 targeted ADV² (sign steps, ε = 12/255, 30 PGD warm-start steps, ADV2's best-iterate rule) on the MSE
 between that K-step map and the benign map, then scores the interpreter's own 150-iteration map of
-the best iterate as ``configs/eval_adv2.yaml`` does (IoU of the top 25 %, per-pixel L1). It also
-prints how well the K-step map predicts the 150-iteration one on benign and PGD inputs, what the maps
-look like (share of non-zero pixels, largest value, images whose PGD map shares no pixel with the
-benign one) and whether MASK's deletion (its reference in place of the image) removes the class. README
+the best iterate as ``configs/eval_adv2.yaml`` does (its MASK: T 10, area weight 1; IoU of the top
+25 %, per-pixel L1). It also prints how well the K-step map predicts the 150-iteration one on benign
+and PGD inputs, what the maps look like (share of non-zero pixels, largest value, images whose PGD
+map shares no pixel with the benign one) and whether MASK's deletion (its reference in place of the
+image) removes the class. README
 ("ADV² evaluation") quotes it:
 
     python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
@@ -78,7 +79,7 @@ def main() -> None:
     torch.manual_seed(0)
     clf, x, y, _ = correct_validation_images(args.classifier_ckpt, args.size, args.images)
     t = random_target_classes(y, clf.num_classes, 0)
-    mask = build_interpreter("mask", clf, iterations=150)
+    mask = build_interpreter("mask", clf, iterations=150, temperature=10.0, area_weight=1.0)  # eval_adv2.yaml
     eps, alpha = 12 / 255, 1 / 255
     benign = mask.attribute(x, y)
     x_pgd = PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv

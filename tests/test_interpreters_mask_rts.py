@@ -127,6 +127,36 @@ def test_mask_optimisation_lowers_its_objective(tiny_classifier):
     assert (end < start).all()
 
 
+def test_mask_temperature_keeps_the_deletion_gradient_of_a_saturated_classifier(tiny_classifier):
+    # Scaling the linear head by s saturates the softmax (p = 1 in float32): at T = 1 the class term's
+    # gradient with respect to the mask vanishes; T = s gives back the unscaled classifier's loss.
+    import copy
+
+    scale = 1e5
+    clf = copy.deepcopy(tiny_classifier)
+    with torch.no_grad():
+        clf.linear_head.weight.mul_(scale)
+        clf.linear_head.bias.mul_(scale)
+    x = images(2, seed=5)
+    t = clf(x).argmax(1)
+
+    def loss_and_grad(model, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = MaskInterpreter(model, area_weight=0.0, tv_weight=0.0, temperature=temperature)
+        param = mask.init_mask(x)
+        loss = mask.mask_loss(x, t, param)
+        (g,) = torch.autograd.grad(loss.sum(), param)
+        return loss.detach(), g
+
+    plain_loss, plain_grad = loss_and_grad(tiny_classifier, 1.0)
+    _, saturated_grad = loss_and_grad(clf, 1.0)
+    tempered_loss, tempered_grad = loss_and_grad(clf, scale)
+    assert saturated_grad.abs().max() < 1e-6 * plain_grad.abs().max()
+    torch.testing.assert_close(tempered_loss, plain_loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(tempered_grad, plain_grad, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        MaskInterpreter(clf, temperature=0.0)
+
+
 def test_mask_loss_supports_look_ahead_gradients_to_the_input(tiny_classifier):
     # Algorithm 1 differentiates the map after an unrolled mask step with respect to x.
     x, t = images(2, seed=4).requires_grad_(True), torch.tensor([1, 2])
