@@ -1,15 +1,15 @@
 """Is ADV² against MASK limited by Algorithm 1's map estimate? An attack through the exact MASK map.
 
 MASK's map is an optimisation from a fixed start (m = 0.5, Adam), so its first K iterations are a
-differentiable function of x. This probe unrolls them with the graph (Adam included) and runs
-targeted ADV² (sign steps, ε = 12/255, 30 PGD warm-start steps, ADV2's best-iterate rule) on the MSE
-between that K-step map and the benign map, then scores the interpreter's own 150-iteration map of
-the best iterate as ``configs/eval_adv2.yaml`` does (its MASK: T 10, area weight 1; IoU of the top
-25 %, per-pixel L1). It also prints how well the K-step map predicts the 150-iteration one on benign
-and PGD inputs, what the maps look like (share of non-zero pixels, largest value, images whose PGD
-map shares no pixel with the benign one) and whether MASK's deletion (its reference in place of the
-image) removes the class. README
-("ADV² evaluation") quotes it:
+differentiable function of x. This probe runs ADV² against MASK with ``estimate="unrolled"``
+(:class:`~aid.attacks.adv2_mask.ADV2Mask`: sign steps through the K-step map unrolled with the graph,
+ε = 12/255, 30 PGD warm-start steps, the per-sample best iterate) towards the benign map and scores
+the interpreter's own 150-iteration map of the result as ``configs/eval_adv2.yaml`` does (its MASK:
+T 10, area weight 1; IoU of the top 25 %, per-pixel L1). It also prints how well the K-step map
+predicts the 150-iteration one on benign and PGD inputs, what the maps look like (share of non-zero
+pixels, largest value, images whose PGD map shares no pixel with the benign one) and whether MASK's
+deletion (its reference in place of the image) removes the class. README ("ADV² evaluation") quotes
+it:
 
     python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
     python scripts/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
@@ -22,49 +22,15 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aid.attacks.pgd import PGD, signed_step  # noqa: E402
-from aid.attacks.schedules import BestIterate  # noqa: E402
+from aid.attacks.adv2_mask import ADV2Mask  # noqa: E402
+from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
-from aid.interpreters.mask import MaskInterpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
 from scripts.shapes_images import correct_validation_images  # noqa: E402
-
-
-def unrolled_map(mask: MaskInterpreter, x: Tensor, target: Tensor, steps: int) -> Tensor:
-    """MASK's map (B, 1, H, W) after ``steps`` Adam iterations from its start, differentiable in x."""
-    ref = mask.reference(x)
-    p = mask.init_mask(x).detach().requires_grad_(True)
-    m1, m2 = torch.zeros_like(p), torch.zeros_like(p)
-    b1, b2 = 0.9, 0.999  # torch.optim.Adam's defaults, as MaskInterpreter.optimize uses
-    for i in range(1, steps + 1):
-        (g,) = torch.autograd.grad(mask.mask_loss(x, target, p, ref).sum(), p, create_graph=True)
-        m1, m2 = b1 * m1 + (1 - b1) * g, b2 * m2 + (1 - b2) * g * g
-        p = (p - mask.lr * (m1 / (1 - b1**i)) / ((m2 / (1 - b2**i)).sqrt() + 1e-8)).clamp(0, 1)
-    return mask.mask_to_map(p, x.shape[-2:])
-
-
-def attack(clf, mask, x, t, benign, unroll: int, steps: int, lam: float, eps: float, alpha: float) -> Tensor:
-    """ADV² through the unrolled map: sign steps on λ·MSE(K-step map, benign) + CE, and the framework's
-    per-sample best iterate (lowest map MSE among iterates with target confidence ≥ 0.8, as ADV2)."""
-    xa = PGD(clf, eps=eps, alpha=alpha, steps=30)(x, t).x_adv.detach()
-    best = BestIterate(xa, kappa=0.8)
-    for i in range(steps + 1):
-        xv = xa.clone().requires_grad_(True)
-        l_int = (unrolled_map(mask, xv, t, unroll) - benign).pow(2).flatten(1).mean(1)
-        logits = clf(xv)
-        best.update(xa, l_int, logits.detach().softmax(1).gather(1, t[:, None]).squeeze(1), step=i)
-        if i == steps:
-            break
-        loss = lam * l_int + F.cross_entropy(logits, t, reduction="none")
-        (g,) = torch.autograd.grad(loss.sum(), xv)
-        xa = signed_step(xa, x, g, alpha, eps)
-    return best.result(xa, steps)[0]
 
 
 def main() -> None:
@@ -101,10 +67,9 @@ def main() -> None:
         with torch.no_grad():
             pred_b = mask.mask_to_map(mask.optimize(x, y, steps=k), x.shape[-2:])
             pred_p = mask.mask_to_map(mask.optimize(x_pgd, t, steps=k), x.shape[-2:])
-        x_adv = attack(clf, mask, x, t, benign, k, args.steps, args.lam, eps, alpha)
-        with torch.no_grad():
-            asr = (clf(x_adv).argmax(1) == t).float().mean()
-        adv_map = mask.attribute(x_adv, t)
+        result = ADV2Mask(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps, estimate="unrolled",
+                          unroll=k, lam=args.lam)(x, t, benign)
+        asr, adv_map = result.success.float().mean(), result.maps
         print(f"unroll {k}: IoU(K-step, 150-step map) benign {map_iou(pred_b, benign).mean():.3f}, "
               f"PGD {map_iou(pred_p, pgd_map).mean():.3f}; ADV² through it: asr {asr:.3f}, "
               f"IoU {map_iou(adv_map, benign).mean():.3f}, L1 {map_l1(adv_map, benign).mean():.3f}")

@@ -1,4 +1,5 @@
-"""ADV² against MASK (Algorithm 1): budget, determinism, per-sample independence, model state, effect."""
+"""ADV² against MASK (Algorithm 1 and the unrolled estimate): budget, determinism, per-sample independence,
+model state, effect."""
 
 from __future__ import annotations
 
@@ -26,14 +27,21 @@ def data(model):
 
 def make_attack(model, **kw) -> ADV2Mask:
     interp = MaskInterpreter(model, iterations=20)
+    # lam (the unrolled estimate's λ) 10: this toy classifier is barely confident, λ 100 outweighs its CE.
     args = dict(eps=EPS, alpha=EPS / 5, steps=6, warm_steps=10, n_reset=3, reset_iterations=20, n_bs=5)
+    args.update(unroll=5, lam=10.0)
     args.update(kw)
     return ADV2Mask(model, interp, **args)
 
 
+@pytest.fixture(scope="module", params=["algorithm1", "unrolled"])
+def estimate(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def result(model, data):
-    return make_attack(model)(*data)
+def result(model, data, estimate):
+    return make_attack(model, estimate=estimate)(*data)
 
 
 def test_stays_in_the_eps_ball_and_the_unit_box(result, data):
@@ -50,21 +58,22 @@ def test_result_fields_have_batch_shapes_and_maps_are_mask_maps_of_x_adv(model, 
     assert torch.allclose(result.maps, fresh, atol=1e-5)
 
 
-def test_same_seed_gives_the_same_adversarial_examples(model, result, data):
-    again = make_attack(model)(*data)
+def test_same_seed_gives_the_same_adversarial_examples(model, result, data, estimate):
+    again = make_attack(model, estimate=estimate)(*data)
     assert torch.equal(again.x_adv, result.x_adv)
     assert torch.equal(again.iterations, result.iterations)
 
 
-def test_batch_of_eight_equals_two_batches_of_four(model, result, data):
+def test_batch_of_eight_equals_two_batches_of_four(model, result, data, estimate):
     x, t = data
-    first, second = make_attack(model)(x[:4], t[:4]), make_attack(model)(x[4:], t[4:])
+    attack = make_attack(model, estimate=estimate)
+    first, second = attack(x[:4], t[:4]), attack(x[4:], t[4:])
     joined = torch.cat([first.x_adv, second.x_adv])
     assert torch.allclose(joined, result.x_adv, atol=1e-4)
     assert torch.equal(torch.cat([first.success, second.success]), result.success)
 
 
-def test_models_are_left_as_found(model, data):
+def test_models_are_left_as_found(model, data, estimate):
     x, t = data
     model.train()
     flags = [p.requires_grad for p in model.parameters()]
@@ -72,7 +81,7 @@ def test_models_are_left_as_found(model, data):
     buffers = [b.detach().clone() for b in model.buffers()]
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     try:
-        make_attack(model, steps=2, warm_steps=2, n_reset=1, reset_iterations=2)(x[:2], t[:2])
+        make_attack(model, steps=2, warm_steps=2, n_reset=1, reset_iterations=2, estimate=estimate)(x[:2], t[:2])
         assert model.training and all(m.training for m in model.modules())
         assert flags == [p.requires_grad for p in model.parameters()]
         assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
@@ -86,12 +95,12 @@ def test_reaches_the_target_class_for_most_samples(result):
     assert result.success.float().mean() >= 0.75
 
 
-def test_moves_the_mask_map_towards_the_target_map_more_than_pgd(model, data):
+def test_moves_the_mask_map_towards_the_target_map_more_than_pgd(model, data, estimate):
     x, t = data
     interp = MaskInterpreter(model, iterations=20)
     target_map = interp.attribute(x, model(x).argmax(1))
     pgd = PGD(model, eps=EPS, alpha=EPS / 5, steps=16)(x, t)
-    adv2 = make_attack(model, steps=12, n_reset=4)(x, t, target_map)
+    adv2 = make_attack(model, steps=12, n_reset=4, estimate=estimate)(x, t, target_map)
     both = pgd.success & adv2.success
     assert both.sum() >= 4
     d_pgd = map_mse(interp.attribute(pgd.x_adv, t), target_map)[both]
@@ -139,3 +148,11 @@ def test_rejects_an_interpreter_without_mask_pieces(model):
 
     with pytest.raises(TypeError, match="MASK"):
         ADV2Mask(model, CAM(model))
+
+
+def test_rejects_an_unknown_estimate_and_a_non_positive_unroll(model):
+    interp = MaskInterpreter(model, iterations=5)
+    with pytest.raises(ValueError, match="estimate"):
+        ADV2Mask(model, interp, estimate="exact")
+    with pytest.raises(ValueError, match="unroll"):
+        ADV2Mask(model, interp, estimate="unrolled", unroll=0)

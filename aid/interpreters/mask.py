@@ -236,6 +236,29 @@ class MaskInterpreter(Interpreter):
                     param.clamp_(0, 1)
         return param.detach()
 
+    def unrolled_map(self, x: Tensor, target: Tensor, steps: int) -> Tensor:
+        """The map (B, 1, H, W) after ``steps`` Adam iterations from :meth:`init_mask`, differentiable in x.
+
+        The same iterations as :meth:`optimize` (torch's Adam with its default betas and eps, the
+        parameter clamped to [0, 1] after each step), written out so that autograd keeps the graph
+        through them (``create_graph``): an exact gradient of the K-step map with respect to x, at the
+        cost of K double backward passes. Used by ADV² against MASK with ``estimate="unrolled"``.
+        """
+        _no_inference_mode("MASK")
+        target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
+        ref = self.reference(x)
+        param = self.init_mask(x).detach().requires_grad_(True)
+        m1, m2 = torch.zeros_like(param), torch.zeros_like(param)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        with torch.enable_grad():
+            for i in range(1, int(steps) + 1):
+                loss = self.mask_loss(x, target, param, ref).sum()
+                (g,) = torch.autograd.grad(loss, param, create_graph=True)
+                m1, m2 = b1 * m1 + (1 - b1) * g, b2 * m2 + (1 - b2) * g * g
+                step = self.lr * (m1 / (1 - b1**i)) / ((m2 / (1 - b2**i)).sqrt() + eps)
+                param = (param - step).clamp(0, 1)
+        return self.mask_to_map(param, x.shape[-2:])
+
     # ----- interpreter interface -------------------------------------------------------------------
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:

@@ -1,19 +1,11 @@
-"""scripts/mask_unrolled.py: its unrolled MASK map is MASK's own K-step map, with a gradient to x."""
+"""MaskInterpreter.unrolled_map: MASK's own K-step map, with a gradient to x (ADV² estimate="unrolled")."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import torch
 
 from aid.interpreters.mask import MaskInterpreter
 from tests.conftest import quadrant_classifier, quadrant_images
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("mask_unrolled", ROOT / "scripts" / "mask_unrolled.py")
-mask_unrolled = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mask_unrolled)
 
 
 def test_unrolled_map_equals_the_interpreters_k_step_map_and_has_a_gradient_to_x():
@@ -22,7 +14,7 @@ def test_unrolled_map_equals_the_interpreters_k_step_map_and_has_a_gradient_to_x
     mask = MaskInterpreter(clf, iterations=6)
     expected = mask.mask_to_map(mask.optimize(x, y, steps=6), x.shape[-2:])
     xv = x.clone().requires_grad_(True)
-    got = mask_unrolled.unrolled_map(mask, xv, y, 6)
+    got = mask.unrolled_map(xv, y, 6)
     torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)
     (g,) = torch.autograd.grad(got.sum(), xv)
     assert g.abs().sum() > 0
