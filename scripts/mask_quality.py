@@ -10,11 +10,14 @@ With ``--pgd`` it also attacks the images with targeted PGD (ε 12/255, 60 steps
 target classes, as ``configs/eval_adv2.yaml``) and prints, for the target class, its probability on
 the adversarial images, with MASK's own region of them deleted and with the benign map's region
 deleted, and the IoU of the two maps: how many different deletions remove the adversarial class.
-``aid/interpreters/mask.py`` and README quote it:
+``aid/interpreters/mask.py`` and README quote it (the configs' MASK is ``temperature=10,area_weight=1``;
+``default`` is the interpreter's defaults, T = 1 and area weight 0.25):
 
-    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default perturbation=blur --pgd
-    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default \
-        perturbation=blur,area_weight=0.5 perturbation=grey,area_weight=0.5 perturbation=grey,area_weight=0.1
+    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt temperature=10,area_weight=1 \
+        default perturbation=blur,area_weight=0.5 --pgd
+    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default temperature=10,area_weight=1 \
+        temperature=10,area_weight=0.5 temperature=10,area_weight=2 perturbation=blur,area_weight=0.5
+    python scripts/mask_quality.py <64 px classifier> default temperature=10,area_weight=1 --size 64
 """
 
 from __future__ import annotations
