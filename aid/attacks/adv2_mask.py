@@ -197,7 +197,9 @@ class ADV2Mask(Attack):
     ℓ_int among iterates with target confidence ≥ κ) as in :class:`~aid.attacks.adv2.ADV2`. MASK's
     map is a deterministic optimisation from a fixed start, so its first K iterations are an exact
     (if truncated) function of x; Algorithm 1 only estimates the map's response. Each step costs
-    ``unroll`` double-backward MASK iterations. On the embedded classifier (``configs/eval_adv2.yaml``:
+    ``unroll`` double-backward MASK iterations, and the graph of all of them is held at once, so memory
+    grows with ``unroll`` × the classifier's activations (64 images at 32 px, K 20: 2.6 GB peak for the
+    whole evaluation). On the embedded classifier (``configs/eval_adv2.yaml``:
     64 validation images, MASK at T 10, K 20, 30 + 30 steps, λ 100) the ADV² maps reached IoU 0.30
     and L1 0.048 with the benign maps, where Algorithm 1 reaches 0.23 and 0.052 (PGD 0.23, 0.082).
 
