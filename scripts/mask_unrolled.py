@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,6 +32,14 @@ from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
 from scripts.shapes_images import correct_validation_images  # noqa: E402
+
+EVAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval_adv2.yaml"
+
+
+def eval_mask_kwargs() -> dict:
+    """The MASK settings (``interpreter_kwargs.mask``) of configs/eval_adv2.yaml's first callback."""
+    config = yaml.safe_load(EVAL_CONFIG.read_text())
+    return dict(config["trainer"]["callbacks"][0]["init_args"]["interpreter_kwargs"]["mask"])
 
 
 def main() -> None:
@@ -45,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     clf, x, y, _ = correct_validation_images(args.classifier_ckpt, args.size, args.images)
     t = random_target_classes(y, clf.num_classes, 0)
-    mask = build_interpreter("mask", clf, iterations=150, temperature=10.0, area_weight=1.0)  # eval_adv2.yaml
+    mask = build_interpreter("mask", clf, **eval_mask_kwargs())
     eps, alpha = 12 / 255, 1 / 255
     benign = mask.attribute(x, y)
     x_pgd = PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv

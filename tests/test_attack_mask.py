@@ -156,3 +156,6 @@ def test_rejects_an_unknown_estimate_and_a_non_positive_unroll(model):
         ADV2Mask(model, interp, estimate="exact")
     with pytest.raises(ValueError, match="unroll"):
         ADV2Mask(model, interp, estimate="unrolled", unroll=0)
+    with pytest.raises(ValueError, match="lam"):
+        ADV2Mask(model, interp, estimate="unrolled", lam=-1.0)
+    ADV2Mask(model, interp, estimate="unrolled", lam=(5.0, 10.0))  # a ramp, as ADV2 accepts

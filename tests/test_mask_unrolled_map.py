@@ -18,3 +18,19 @@ def test_unrolled_map_equals_the_interpreters_k_step_map_and_has_a_gradient_to_x
     torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)
     (g,) = torch.autograd.grad(got.sum(), xv)
     assert g.abs().sum() > 0
+
+
+def test_mask_unrolled_script_builds_the_mask_of_the_eval_config():
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("mask_unrolled", root / "scripts" / "mask_unrolled.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = yaml.safe_load((root / "configs" / "eval_adv2.yaml").read_text())
+    kwargs = script.eval_mask_kwargs()
+    assert kwargs == config["trainer"]["callbacks"][0]["init_args"]["interpreter_kwargs"]["mask"]
+    MaskInterpreter(quadrant_classifier(), **kwargs)  # valid MaskInterpreter arguments

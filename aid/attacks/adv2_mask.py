@@ -231,8 +231,8 @@ class ADV2Mask(Attack):
         progress: show a tqdm progress bar.
         estimate: ``"algorithm1"`` (default, the paper's) or ``"unrolled"`` (see above).
         unroll: MASK iterations differentiated through with ``estimate="unrolled"`` (default 20).
-        lam: λ of the unrolled estimate (default None: 100); Algorithm 1 does not use it (bisection
-            sets its step).
+        lam: λ of the unrolled estimate, a number or (start, end) ramped over the steps as in ADV2
+            (default None: 100); Algorithm 1 does not use it (bisection sets its step).
         lam_enc, select_every, strategy_kwargs: accepted so that :class:`~aid.attacks.adv2.ADV2` can
             dispatch its arguments here; unused.
 
@@ -268,7 +268,7 @@ class ADV2Mask(Attack):
         progress: bool = False,
         estimate: str = "algorithm1",
         unroll: int = 20,
-        lam: float | None = None,
+        lam: float | tuple[float, float] | None = None,
         lam_enc: Any = None,
         select_every: Any = None,
         strategy_kwargs: Any = None,
@@ -290,14 +290,14 @@ class ADV2Mask(Attack):
             raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
         if int(unroll) < 1:
             raise ValueError(f"unroll must be >= 1, got {unroll}")
-        if lam is not None and not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        if lam is not None:
+            check_schedule("lam", lam, 0.0, float("inf"))
         if estimate == "unrolled" and not hasattr(interpreter, "unrolled_map"):
             raise TypeError(f"estimate='unrolled' needs an interpreter with unrolled_map, got {interpreter!r}")
         self.interpreter = interpreter
         self.estimate = estimate
         self.unroll = int(unroll)
-        self.lam = 100.0 if lam is None else float(lam)
+        self.lam = 100.0 if lam is None else lam
         self.warm_steps = int(warm_steps)
         self.n_step = int(n_step)
         self.n_reset = int(n_reset)
@@ -373,7 +373,8 @@ class ADV2Mask(Attack):
             if i == self.steps:
                 break
             rho = linear_schedule(self.smoothing, i, self.steps)
-            loss = smoothed_cross_entropy(logits, target, rho) + self.lam * l_int
+            lam = linear_schedule(self.lam, i, self.steps)
+            loss = smoothed_cross_entropy(logits, target, rho) + lam * l_int
             (grad,) = torch.autograd.grad(loss.sum(), x_var)
             x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
         return best.result(x_adv, self.warm_steps + self.steps)
