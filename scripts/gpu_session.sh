@@ -4,9 +4,10 @@
 # the device image lacks travel as wheels in .whl/; a classifier and RTS trained here can travel in
 # .prereq/runs (then the main job trains only RTSA and the sweeps link them; without them both are
 # trained on the GPU first). See /work/.library/device/README.md.
-#   OUT=/tmp/out BUDGET=400 PLANS="scripts/plans/mask_unrolled_gpu.yaml:4" bash scripts/gpu_session.sh
+#   OUT=/tmp/out BUDGET=420 PLANS="scripts/plans/mask_unrolled_gpu.yaml:7" bash scripts/gpu_session.sh
 # MAINJOB=0 runs the sweeps alone; ONLY="a,b" runs those variants of every plan.
-# Session 5 (H200): PLANS="scripts/plans/aid_variants.yaml:5 scripts/plans/mask_attack.yaml:3", no .prereq.
+# Session 5 (H200): PLANS="scripts/plans/aid_variants.yaml:5 scripts/plans/mask_attack.yaml:3", no .prereq;
+# session 8 (H100): the usage line with .prereq, then MAINJOB=0 with ONLY for the variants left.
 set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -43,7 +44,7 @@ cp runs/rts_aid/report/summary.json "$OUT/mainjob_summary.json" 2>/dev/null
 for n in "${names[@]}"; do cp "/tmp/sw_$n/results.json" "$OUT/results_$n.json" 2>/dev/null; done
 tar czf "$OUT/logs.tar.gz" /tmp/sw_*/*/log.txt runs/*/report/report.md "$OUT"/*.log 2>/dev/null
 grep -h "Total\|rc=" "$OUT/mainjob.log" 2>/dev/null | tail -3
-python3 - <<'PY'
+[ "${MAINJOB:-1}" = 1 ] && python3 - <<'PY'
 import json, os
 p = "runs/rts_aid/report/summary.json"
 d = json.load(open(p)) if os.path.exists(p) else {}
