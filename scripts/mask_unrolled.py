@@ -13,6 +13,13 @@ it:
 
     python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
     python scripts/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
+
+``--mask key=value,...`` changes MASK's settings (``min_mask_size=8``: an 8×8 mask at 32 px instead of
+16×16) and ``--algorithm1`` also runs Algorithm 1 (ADV2Mask's default estimate, 30 + 30 steps as the
+config's row):
+
+    python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --images 64 --unroll 20 \
+        --mask min_mask_size=8 --algorithm1
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
+from scripts.mask_quality import parse_setting  # noqa: E402
 from scripts.shapes_images import correct_validation_images  # noqa: E402
 
 EVAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval_adv2.yaml"
@@ -50,11 +58,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32, help="image side the classifier was trained at")
     p.add_argument("--steps", type=int, default=30, help="ADV² steps after the warm start")
     p.add_argument("--lam", type=float, default=100.0)
+    p.add_argument("--mask", default="default", help="MASK settings over the config's: key=value,...")
+    p.add_argument("--algorithm1", action="store_true", help="also run ADV² with Algorithm 1")
     args = p.parse_args()
     torch.manual_seed(0)
     clf, x, y, _ = correct_validation_images(args.classifier_ckpt, args.size, args.images)
     t = random_target_classes(y, clf.num_classes, 0)
-    mask = build_interpreter("mask", clf, **eval_mask_kwargs())
+    mask = build_interpreter("mask", clf, **{**eval_mask_kwargs(), **parse_setting(args.mask)})
     eps, alpha = 12 / 255, 1 / 255
     benign = mask.attribute(x, y)
     x_pgd = PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv
@@ -82,6 +92,10 @@ def main() -> None:
         print(f"unroll {k}: IoU(K-step, 150-step map) benign {map_iou(pred_b, benign).mean():.3f}, "
               f"PGD {map_iou(pred_p, pgd_map).mean():.3f}; ADV² through it: asr {asr:.3f}, "
               f"IoU {map_iou(adv_map, benign).mean():.3f}, L1 {map_l1(adv_map, benign).mean():.3f}")
+    if args.algorithm1:
+        result = ADV2Mask(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=30)(x, t, benign)
+        print(f"Algorithm 1: asr {result.success.float().mean():.3f}, IoU {map_iou(result.maps, benign).mean():.3f}, "
+              f"L1 {map_l1(result.maps, benign).mean():.3f}")
 
 
 if __name__ == "__main__":
