@@ -28,19 +28,21 @@ else
   python3 train.py --config rts.yaml > "$OUT/prereq.log" 2>&1 || { tail -c 3000 "$OUT/prereq.log"; exit 1; }
 fi
 LEFT=$(( ${BUDGET:-560} - $(el) ))
+[ "$LEFT" -gt 30 ] || { echo "BUDGET ${BUDGET:-560} s leaves ${LEFT} s after the set-up: nothing to run"; exit 1; }
 echo "[$(el) s] main job and sweeps (${LEFT} s left)"
 if [ "${MAINJOB:-1}" = 1 ]; then
   ( timeout $LEFT python3 train.py --config rts_aid.yaml > "$OUT/mainjob.log" 2>&1; echo "main job rc=$? at $(el) s" ) &
 fi
 names=()
 for spec in $PLANS; do
-  plan=${spec%%:*}; jobs=${spec##*:}; name=$(basename "$plan" .yaml); names+=("$name")
+  plan=${spec%%:*}; jobs=1; [ "$spec" != "$plan" ] && jobs=${spec##*:}   # "plan.yaml" alone: one job
+  name=$(basename "$plan" .yaml); names+=("$name")
   timeout $LEFT python3 scripts/sweep.py "$plan" --out "/tmp/sw_$name" --prereq . --jobs "$jobs" --threads 1 ${ONLY:+--only "$ONLY"} \
     --deadline $(( LEFT > 300 ? LEFT - 150 : LEFT / 2 )) > "$OUT/sweep_$name.log" 2>&1 &
 done
 wait
 echo "[$(el) s] done"
-cp runs/rts_aid/report/summary.json "$OUT/mainjob_summary.json" 2>/dev/null
+[ "${MAINJOB:-1}" = 1 ] && cp runs/rts_aid/report/summary.json "$OUT/mainjob_summary.json" 2>/dev/null
 for n in "${names[@]}"; do cp "/tmp/sw_$n/results.json" "$OUT/results_$n.json" 2>/dev/null; done
 tar czf "$OUT/logs.tar.gz" /tmp/sw_*/*/log.txt runs/*/report/report.md "$OUT"/*.log 2>/dev/null
 grep -h "Total\|rc=" "$OUT/mainjob.log" 2>/dev/null | tail -3

@@ -2,16 +2,17 @@
 does not steer MASK on the embedded data (README, "ADV² evaluation").
 
 MASK's map of an adversarial input marks the cheapest deletion that removes the adversarial class. If
-the perturbation lives only inside the benign map's region (or the object), every deletion that removes
-it lies there too, so this is the most favourable case for an attacker who wants MASK to show the benign
-map. The probe runs targeted PGD (ε, 60 steps of 1/255, random target classes, no random start) whose
-perturbation is confined to a support: the whole image, the benign MASK map's non-zero pixels, those
+the perturbation lives only inside the benign map's region (or the object), the deletions that remove
+the perturbation lie there too (others may still remove the class by deleting what it also leans on),
+so this is a favourable case for an attacker who wants MASK to show the benign map. The probe runs
+targeted PGD (ε, 60 steps of 1/255, random target classes, no random start) whose perturbation is
+confined to a support: the whole image, the benign MASK map's non-zero pixels, those
 dilated by 1, 2 or 3 pixels, or the object's ground-truth mask. It prints, per support, its share of the
 image, the attack success rate and, on the successful images, IoU (top 25 %) and L1 of MASK's map of
 the result with the benign map, and the share of non-zero pixels of both maps. MASK's settings are
 configs/eval_adv2.yaml's.
 
-    python scripts/mask_support.py runs/classifier/checkpoints/last.ckpt     (64 images, 2 min)
+    python scripts/mask_support.py runs/classifier/checkpoints/last.ckpt     (64 images, 1 min)
 """
 
 from __future__ import annotations

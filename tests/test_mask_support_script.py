@@ -30,6 +30,19 @@ def test_confined_pgd_leaves_pixels_outside_the_support_unchanged_and_full_suppo
     assert torch.allclose(full, PGD(clf, eps=0.1, alpha=1 / 255, steps=10)(x, t).x_adv)
 
 
+def test_the_support_classifier_sees_a_change_only_inside_the_support():
+    clf = quadrant_classifier()
+    x, _ = quadrant_images(2, seed=2)
+    support = torch.zeros(2, 1, *x.shape[-2:])
+    support[..., :8, :] = 1
+    wrapped = mask_support.SupportClassifier(clf, x, support)
+    z = torch.rand_like(x).requires_grad_(True)
+    logits = wrapped(z)
+    assert torch.allclose(logits, clf(x + (z - x) * support))
+    (grad,) = torch.autograd.grad(logits[:, 0].sum(), z)
+    assert grad[..., 8:, :].abs().max() == 0 and grad[..., :8, :].abs().max() > 0
+
+
 def test_supports_grow_with_the_dilation_and_keep_the_benign_region():
     benign = torch.zeros(2, 1, 16, 16)
     benign[:, :, 6:9, 6:9] = 0.5

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from callbacks import EvaluationCallback
+from callbacks.adv2 import ADV2Evaluation
 from tests.test_paper_configs import CPU_OVERRIDES, check_attack_tables, write_checkpoints
 from tests.test_sweep import sweep
 from train import AIDCLI
@@ -58,3 +59,12 @@ def test_plan_variant_config_builds_its_model_callbacks_and_attacks(plan, varian
                  trainer_defaults={"inference_mode": False}, seed_everything_default=0)
     evals = [cb for cb in cli.trainer.callbacks if isinstance(cb, EvaluationCallback) and hasattr(cb, "attack_kwargs")]
     check_attack_tables(cli.model, evals, mask_iterations=None)
+    # A key <prefix>/<interpreter>/<attack>/<metric> must come from an ADV2Evaluation the variant keeps,
+    # so a patch that lands on the wrong callback (the config's list reordered) fails here.
+    rows = {(cb.prefix, i, a) for cb in cli.trainer.callbacks if isinstance(cb, ADV2Evaluation)
+            for i in cb.interpreters for a in cb.attacks}
+    prefixes = {p for p, _, _ in rows} | {"adv2", "adv2_patch", "adv2_unrolled"}
+    for key in variant.get("keys") or []:
+        parts = key.split("/")
+        if len(parts) == 4 and parts[0] in prefixes:
+            assert tuple(parts[:3]) in rows, f"{plan}:{variant['name']}: no callback logs {key}"
