@@ -3,10 +3,12 @@
 Prints (1) for CAM the L1 of the best 4×4 CAM grid fitted directly to the patches (Adam on the grid
 cells, upsampled and min-max normalised as CAM is) and (2) the L1 that ADV² reaches with no ε bound
 (ε = 1, 30 warm + ``--steps`` steps of 1/255, λ 10 and 1000 against CAM, 30 and 1000 against GRAD), on
-the first 16 test images of the shapes data:
+the first 16 test images of the shapes data. GRAD's map is pooled by 4 as the configs' (``--pool 1``:
+the per-pixel map):
 
     python scripts/patch_capacity.py runs/classifier/checkpoints/last.ckpt                 (CAM, 90 steps)
     python scripts/patch_capacity.py runs/classifier/checkpoints/last.ckpt --interpreter grad --steps 300
+    python scripts/patch_capacity.py runs/classifier/checkpoints/last.ckpt --interpreter grad --steps 300 --pool 1
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--interpreter", choices=["cam", "grad"], default="cam")
     p.add_argument("--steps", type=int, default=90, help="ADV² steps after the 30 warm-start steps")
+    p.add_argument("--pool", type=int, default=4, help="GRAD's map pooling (the configs' 4; 1: per pixel)")
     args = p.parse_args()
     clf = load_classifier(args.classifier_ckpt).eval()
     data = ShapesDataModule(image_size=32, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
@@ -53,7 +56,7 @@ def main() -> None:
     x, y = next(iter(data.test_dataloader()))[:2]
     x, y = x[: args.images], y[: args.images]
     patch = random_patch_maps(len(x), 32, generator=1)
-    interp = build_interpreter(args.interpreter, clf)
+    interp = build_interpreter(args.interpreter, clf, **({"pool": args.pool} if args.interpreter == "grad" else {}))
     benign = interp.attribute(x, y)
     print(f"L1 benign {args.interpreter.upper()} -> patch: {map_l1(benign, patch).mean():.3f}")
     if args.interpreter == "cam":

@@ -291,6 +291,8 @@ def test_strategy_for_non_differentiable_interpreter_is_refused(tiny_classifier)
 def test_strategies_are_chosen_by_interpreter_name(tiny_classifier):
     grad = build_interpretation_loss(build_interpreter("grad", tiny_classifier), pool=2)
     assert isinstance(grad, GradLoss) and grad.smooth.smooth and grad.pool == 2
+    # The smooth copy whose map ℓ_int differentiates draws the evaluated map's cells.
+    assert build_interpretation_loss(build_interpreter("grad", tiny_classifier, pool=4)).smooth.pool == 4
     assert type(build_interpretation_loss(build_interpreter("ig", tiny_classifier))) is InterpretationLoss
     assert type(build_interpretation_loss(build_interpreter("cam", tiny_classifier))).__name__ == "CAMLoss"
     assert type(build_interpretation_loss(rts_interpreter(tiny_classifier))).__name__ == "RTSLoss"

@@ -16,6 +16,7 @@ INTERPRETERS = [
     ("grad", {}),
     ("grad", {"smooth": True}),
     ("grad", {"smooth": True, "surrogate": "softplus"}),
+    ("grad", {"smooth": True, "pool": 4}),
     ("cam", {}),
     ("gradcam", {}),
     ("gradcam", {"layer": "backbone.layer3"}),
@@ -99,6 +100,34 @@ def test_smooth_grad_map_is_close_to_the_plain_map(tiny_classifier, batch):
     plain = build_interpreter("grad", tiny_classifier)(x, t)
     smooth = build_interpreter("grad", tiny_classifier, smooth=True)(x, t)
     assert (plain - smooth).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("side", [32, 30])
+def test_pooled_grad_map_is_the_cell_average_of_the_channel_max_gradient(tiny_classifier, side):
+    # The authors' GRAD: |∂f_t/∂x| (max over channels) averaged over pool×pool cells, min-max
+    # normalised, each cell repeated over its pixels; a side the pool does not divide ends in a
+    # smaller cell that averages only its own pixels.
+    torch.manual_seed(1)
+    x, t = torch.rand(3, 3, side, side), torch.tensor([0, 1, 2])
+    maps = build_interpreter("grad", tiny_classifier, pool=4)(x, t)
+    assert maps.shape == (3, 1, side, side)
+    xi = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(tiny_classifier(xi).gather(1, t[:, None]).sum(), xi)
+    m = g.abs().amax(dim=1, keepdim=True)
+    for b in range(3):
+        cells = torch.stack([
+            torch.stack([m[b, 0, i : i + 4, j : j + 4].mean() for j in range(0, side, 4)])
+            for i in range(0, side, 4)
+        ])
+        cells = (cells - cells.min()) / (cells.max() - cells.min())
+        expected = cells.repeat_interleave(4, 0).repeat_interleave(4, 1)[:side, :side]
+        torch.testing.assert_close(maps[b, 0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_grad_pool_must_be_a_positive_integer(tiny_classifier):
+    for bad in (0, 2.5, -1):
+        with pytest.raises(ValueError, match="pool"):
+            build_interpreter("grad", tiny_classifier, pool=bad)
 
 
 def test_smooth_grad_works_on_a_timm_densenet():

@@ -158,19 +158,21 @@ class GradLoss(InterpretationLoss):
     logits are the classifier's, and ℓ_prd's backward then also goes through h(z) (the authors' scripts
     run a separate ordinary pass for ℓ_prd; h(z) equals ReLU's step except within ~sqrt(τ) of 0, and
     the shared pass saves a forward and a backward per step). The target map comes from the ordinary
-    (evaluation) interpreter. The authors average-pool the GRAD map by 4 at 224 px (224 → 56) before
-    the loss; ``pool`` does that (1 at 32 px by default).
+    (evaluation) interpreter, and the smooth copy takes its settings, its map pooling
+    (:class:`~aid.interpreters.grad.Grad` ``pool``, the authors' 4) included. ``pool`` here pools both
+    maps once more, for the loss only (default 1).
 
     Args:
         interpreter: the (evaluation) GRAD interpreter.
-        pool: average-pool factor of both maps before the MSE (default 1; the authors' 4 at 224 px).
+        pool: average-pool factor of both maps before the MSE (default 1; the interpreter's own
+            ``pool`` already gives the authors' 56×56 GRAD map at 224 px).
         tau: τ of h(z) (default: the interpreter's, 1e-4).
         surrogate: ``"h"`` (the paper's, default) or ``"softplus"`` (Dombrowski et al.).
         beta: β of the softplus surrogate (default: the interpreter's).
     """
 
     name = "grad"
-    #: Embedded setting (as :attr:`InterpretationLoss.default_lam`): GRAD L1 to the benign map 0.077
+    #: Embedded setting (as :attr:`InterpretationLoss.default_lam`), per-pixel map: GRAD L1 to the benign map 0.077
     #: (PGD) -> 0.052 / 0.049 / 0.047 / 0.046 for λ 3 / 10 / 30 / 100, confidence 0.90 / 0.88 / 0.87 / 0.83.
     default_lam = 30.0
 
@@ -191,6 +193,7 @@ class GradLoss(InterpretationLoss):
             surrogate=surrogate,
             tau=getattr(interpreter, "tau", 1e-4) if tau is None else tau,
             beta=getattr(interpreter, "beta", 10.0) if beta is None else beta,
+            pool=getattr(interpreter, "pool", 1),
         )
 
     def maps(self, x_adv: Tensor, target: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from aid.interpreters.base import INTERPRETERS, Interpreter, minmax_normalize
@@ -50,6 +51,12 @@ class Grad(Interpreter):
     a probability; the logit (default) is what saliency usually differentiates and avoids the softmax
     saturation, ``score="prob"`` follows the paper's wording.
 
+    ``pool`` average-pools the channel-max map by that factor before the min-max normalisation and
+    repeats each cell back to H×W (nearest), as the authors' GRAD does with 4 (224 → 56 cells). The
+    embedded and paper-scale configs set ``pool: 4``; 1 (the default) is the per-pixel saliency map. At
+    32 px the per-pixel map of the embedded classifier is sparse and ADV² cannot draw a random patch
+    with it even without an ε bound; pooled by 4 (8×8 cells) it can (README, "ADV² evaluation").
+
     With ``smooth=True`` the map is computed with the paper's smooth ReLU backward h(z) (§3.2; see
     :mod:`aid.interpreters.smooth_relu`), so a loss on the map has a useful gradient with respect to
     x: that is the map ADV² attacks. With ``smooth=False`` and a pure-ReLU network that gradient is
@@ -62,6 +69,8 @@ class Grad(Interpreter):
         surrogate: ``"h"`` (paper, default) or ``"softplus"`` (Dombrowski et al.), used when smooth.
         tau: τ of h(z) (default 1e-4).
         beta: β of the softplus surrogate (default 10).
+        pool: average-pool factor of the map (default 1; the authors' 4). Sides that it does not
+            divide end in a smaller last cell (``ceil_mode``).
 
     Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1].
 
@@ -82,14 +91,18 @@ class Grad(Interpreter):
         surrogate: str = "h",
         tau: float = 1e-4,
         beta: float = 10.0,
+        pool: int = 1,
     ) -> None:
         super().__init__(classifier)
+        if int(pool) != pool or int(pool) < 1:
+            raise ValueError(f"pool must be an integer >= 1, got {pool}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
         self.score, self.smooth, self.surrogate = score, bool(smooth), surrogate
         self.tau, self.beta = float(tau), float(beta)
+        self.pool = int(pool)
 
     def logits_and_gradient(self, x: Tensor, target: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
         """(logits (B, K), raw input gradient ∂f_t(x)/∂x (B, C, H, W)) from one pass (surrogate if smooth).
@@ -116,7 +129,12 @@ class Grad(Interpreter):
         """(logits (B, K), map (B, 1, H, W)) from one pass; the map as :meth:`attribute` gives it (no
         freezing or input checks: the caller, e.g. an attack, holds the classifier frozen)."""
         logits, g = self.logits_and_gradient(x, target, create_graph)
-        return logits, minmax_normalize(g.abs().amax(dim=1, keepdim=True))
+        m = g.abs().amax(dim=1, keepdim=True)
+        if self.pool > 1:
+            h, w = m.shape[-2:]
+            cells = F.avg_pool2d(m, self.pool, ceil_mode=True)
+            m = cells.repeat_interleave(self.pool, -2).repeat_interleave(self.pool, -1)[..., :h, :w]
+        return logits, minmax_normalize(m)
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
         return self.logits_and_map(x, target, create_graph)[1]
