@@ -10,6 +10,9 @@ With ``--pgd`` it also attacks the images with targeted PGD (ε 12/255, 60 steps
 target classes, as ``configs/eval_adv2.yaml``) and prints, for the target class, its probability on
 the adversarial images, with MASK's own region of them deleted and with the benign map's region
 deleted, and the IoU of the two maps: how many different deletions remove the adversarial class.
+With ``--noise`` it adds uniform noise of the same budget (±12/255, seeded) instead and prints, on the
+images that keep their class, the IoU and L1 of MASK's map of the noisy image (true class) with the
+benign map: how much MASK's map moves when the class does not change.
 ``aid/interpreters/mask.py`` and README quote it (the configs' MASK is ``temperature=10,area_weight=1``;
 ``default`` is the interpreter's defaults, T = 1 and area weight 0.25):
 
@@ -18,6 +21,7 @@ deleted, and the IoU of the two maps: how many different deletions remove the ad
     python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default temperature=10,area_weight=1 \
         temperature=10,area_weight=0.5 temperature=10,area_weight=2 perturbation=blur,area_weight=0.5
     python scripts/mask_quality.py <64 px classifier> default temperature=10,area_weight=1 --size 64
+    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt temperature=10,area_weight=1 --noise
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters.mask import MaskInterpreter  # noqa: E402
-from aid.metrics import localization, map_iou  # noqa: E402
+from aid.metrics import localization, map_iou, map_l1  # noqa: E402
 from aid.models import NormalizedClassifier  # noqa: E402
 from scripts.shapes_images import correct_validation_images  # noqa: E402
 
@@ -91,6 +95,27 @@ def adversarial_deletions(mask: MaskInterpreter, clf: NormalizedClassifier, x_ad
     }
 
 
+def uniform_noise(x: torch.Tensor, eps: float, seed: int = 0) -> torch.Tensor:
+    """x (B, C, H, W) plus seeded uniform noise in [−eps, eps], clamped to [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    return (x + noise.to(x.device)).clamp(0, 1)
+
+
+def noise_stability(mask: MaskInterpreter, clf: NormalizedClassifier, x, y, benign, eps: float) -> dict[str, float]:
+    """Share of images whose class survives ``uniform_noise(x, eps)`` and, on those, the mean IoU and
+    L1 of MASK's map of the noisy image (class y) with the benign maps."""
+    noisy = uniform_noise(x, eps)
+    with torch.no_grad():
+        kept = clf(noisy).argmax(1) == y
+    maps = mask.attribute(noisy[kept], y[kept])
+    return {
+        "kept": kept.float().mean().item(),
+        "iou": map_iou(maps, benign[kept]).mean().item(),
+        "l1": map_l1(maps, benign[kept]).mean().item(),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("classifier_ckpt")
@@ -99,6 +124,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32, help="image side the classifier was trained at")
     p.add_argument("--iterations", type=int, default=150, help="MASK iterations (eval_adv2.yaml: 150)")
     p.add_argument("--pgd", action="store_true", help="also delete regions of PGD examples (see above)")
+    p.add_argument("--noise", action="store_true", help="also compare maps of noisy images (see above)")
     args = p.parse_args()
     clf, x, y, objects = correct_validation_images(args.classifier_ckpt, args.size, args.images)
     if args.pgd:
@@ -108,7 +134,7 @@ def main() -> None:
     print("| setting | empty maps | non-zero pixels | largest value | p(class) image → region deleted "
           "| localisation IoU | energy |")
     print("|---|---|---|---|---|---|---|")
-    adversarial_rows = []
+    adversarial_rows, noise_rows = [], []
     for text in args.settings:
         mask = MaskInterpreter(clf, iterations=args.iterations, **parse_setting(text))
         benign = mask.attribute(x, y)
@@ -119,11 +145,19 @@ def main() -> None:
             d = adversarial_deletions(mask, clf, pgd.x_adv, t, benign)
             adversarial_rows.append(f"| {text} | {pgd.confidence.mean():.3f} → {d['p_own']:.3f} / "
                                     f"{d['p_benign']:.3f} | {d['iou']:.3f} |")
+        if args.noise:
+            n = noise_stability(mask, clf, x, y, benign, 12 / 255)
+            noise_rows.append(f"| {text} | {n['kept']:.2f} | {n['iou']:.3f} | {n['l1']:.3f} |")
     if adversarial_rows:
         print("\nPGD examples, target class t: | setting | p(t) adversarial → MASK's region deleted / benign "
               "region deleted | IoU(MASK map, benign map) |")
         print("|---|---|---|")
         print("\n".join(adversarial_rows))
+    if noise_rows:
+        print("\nUniform noise ±12/255, true class: | setting | images that keep their class | IoU(MASK map, "
+              "benign map) | L1 |")
+        print("|---|---|---|---|")
+        print("\n".join(noise_rows))
 
 
 if __name__ == "__main__":
