@@ -57,7 +57,8 @@ class ADV2(Attack):
     is independent of the rest of the batch; ``seed`` is kept for the interface.
 
     Defaults are for the embedded 32 px setting (warm 50 + 150 steps; λ per family from its strategy's
-    ``default_lam``: GRAD 30, CAM 10, RTS 30, others 10, measured on the embedded classifier, see
+    ``default_lam``: GRAD 30, CAM 10, RTS 30, others 10, measured on the embedded classifier (GRAD's on
+    its per-pixel map; with the configs' pooled map λ 30 keeps L1 at 0.31× PGD's), see
     :mod:`aid.attacks.strategies`). Paper scale (ImageNet 224 px, ResNet-50; Appendix B Table 10,
     ε = 0.031, α = 1/255): GRAD 800 iterations, λ 0.007 (on a sum over pixels); CAM 1200 iterations, λ 0.204; RTS 1200
     iterations, λ 0.002, ℓ_enc weight 0.1. The authors' scripts: CAM 400 warm + 1200 steps with c ramped
@@ -79,7 +80,8 @@ class ADV2(Attack):
         select_every: offer an iterate to the selection every this many steps (default 1).
         seed: seed of the attack's random numbers (unused: ADV² on PGD draws none).
         progress: show a tqdm progress bar.
-        strategy_kwargs: constructor arguments of the ℓ_int strategy (e.g. ``{"pool": 4}``).
+        strategy_kwargs: constructor arguments of the ℓ_int strategy (e.g. ``{"presence_weight": 10.0}``
+            against an RTSA, ``{"tau": 1e-3}`` against GRAD).
 
     Shapes: x (B, C, H, W) in [0, 1]; target (B,) long or an int; target_map (B, 1, H, W) or None.
     Returns an :class:`~aid.attacks.base.AttackResult` with ``maps`` and ``iterations`` = the step
