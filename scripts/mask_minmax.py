@@ -20,6 +20,8 @@ deleted, and where MASK's map lies (its share inside R, the share of R it covers
 
     python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt                      (2 min)
     python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt --steps 300 --select-every 30
+    python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt --steps 300 --select-every 15 \
+        --w-region 100 [--target-seed 1]
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ def main() -> None:
     p.add_argument("--w-region", type=float, default=30.0)
     p.add_argument("--region-threshold", type=float, default=0.05)
     p.add_argument("--select-every", type=int, default=0, help="keep the best iterate every N steps (0: last)")
+    p.add_argument("--target-seed", type=int, default=0, help="seed of the random target classes")
     args = p.parse_args()
     clf, x, y, _ = correct_validation_images(args.classifier_ckpt, 32, args.images)
-    t = random_target_classes(y, clf.num_classes, 0)
+    t = random_target_classes(y, clf.num_classes, args.target_seed)
     mask = build_interpreter("mask", clf, **eval_mask_kwargs())
     benign = mask.attribute(x, y)
     eps = 12 / 255
