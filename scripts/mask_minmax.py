@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
-from aid.interpreters.mask import MaskInterpreter, total_variation  # noqa: E402
+from aid.interpreters.mask import MaskInterpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
 from aid.model_state import frozen_eval  # noqa: E402
 from scripts.mask_unrolled import eval_mask_kwargs  # noqa: E402
@@ -61,10 +61,7 @@ def worst_deletion_outside(mask: MaskInterpreter, x: Tensor, target: Tensor, reg
         ref = mask.reference(x)
         opt = torch.optim.Adam([param], lr=mask.lr)
         for _ in range(int(iterations)):
-            keep = 1 - (1 - mask.keep_mask(param, x.shape[-2:])) * (1 - region)
-            m = param.clamp(0, 1)
-            loss = (target_probability(mask.classifier, mask.phi(x, keep, reference=ref), target, mask.temperature)
-                    + mask.area_weight * (1 - m).flatten(1).mean(1) + mask.tv_weight * total_variation(m, mask.tv_beta))
+            loss = mask.mask_loss(x, target, param, ref, kept=region)
             opt.zero_grad()
             loss.sum().backward()
             opt.step()

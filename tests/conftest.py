@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -22,6 +24,14 @@ def tiny_classifier():
 
     torch.manual_seed(0)
     return build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64]).eval()
+
+
+def load_script(name: str) -> ModuleType:
+    """The module ``scripts/<name>.py``, loaded from its file (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

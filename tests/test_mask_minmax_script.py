@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from aid.interpreters.mask import MaskInterpreter
-from tests.conftest import quadrant_classifier, quadrant_images
+from tests.conftest import load_script, quadrant_classifier, quadrant_images
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("mask_minmax", ROOT / "scripts" / "mask_minmax.py")
-mask_minmax = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mask_minmax)
+mask_minmax = load_script("mask_minmax")
 
 
 def test_inner_player_keeps_the_region_and_deletes_elsewhere():

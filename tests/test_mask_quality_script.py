@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from aid.interpreters.mask import MaskInterpreter
-from tests.conftest import quadrant_classifier, quadrant_images
+from tests.conftest import load_script, quadrant_classifier, quadrant_images
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("mask_quality", ROOT / "scripts" / "mask_quality.py")
-mask_quality = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mask_quality)
+mask_quality = load_script("mask_quality")
 
 
 def test_settings_parse_literals_and_words_and_reject_missing_values():

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from aid.attacks.pgd import PGD
-from tests.conftest import quadrant_classifier, quadrant_images
+from tests.conftest import load_script, quadrant_classifier, quadrant_images
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("mask_support", ROOT / "scripts" / "mask_support.py")
-mask_support = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mask_support)
+mask_support = load_script("mask_support")
 
 
 def test_confined_pgd_leaves_pixels_outside_the_support_unchanged_and_full_support_is_plain_pgd():

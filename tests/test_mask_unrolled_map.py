@@ -21,16 +21,12 @@ def test_unrolled_map_equals_the_interpreters_k_step_map_and_has_a_gradient_to_x
 
 
 def test_mask_unrolled_script_builds_the_mask_of_the_eval_config():
-    import importlib.util
-    from pathlib import Path
-
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("mask_unrolled", root / "scripts" / "mask_unrolled.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    config = yaml.safe_load((root / "configs" / "eval_adv2.yaml").read_text())
+    from tests.conftest import ROOT, load_script
+
+    script = load_script("mask_unrolled")
+    config = yaml.safe_load((ROOT / "configs" / "eval_adv2.yaml").read_text())
     kwargs = script.eval_mask_kwargs()
     assert kwargs == config["trainer"]["callbacks"][0]["init_args"]["interpreter_kwargs"]["mask"]
     MaskInterpreter(quadrant_classifier(), **kwargs)  # valid MaskInterpreter arguments

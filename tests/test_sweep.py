@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("sweep", ROOT / "scripts" / "sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
+from tests.conftest import ROOT, load_script
+
+sweep = load_script("sweep")
 
 
 def test_patch_merges_dicts_and_list_items_by_index():

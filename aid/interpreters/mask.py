@@ -190,9 +190,12 @@ class MaskInterpreter(Interpreter):
             gen.manual_seed(0 if self.seed is None else int(self.seed))
         return self.phi.reference(x, gen)
 
-    def mask_loss(self, x: Tensor, target: Tensor, param: Tensor, reference: Tensor | None = None) -> Tensor:
+    def mask_loss(
+        self, x: Tensor, target: Tensor, param: Tensor, reference: Tensor | None = None, kept: Tensor | None = None
+    ) -> Tensor:
         """ℓ_map(m; x) per sample (B,): p_target(φ(x; m)) + λ_area·mean|1 − m| + λ_tv·TV_β(m) (p at
-        ``temperature``).
+        ``temperature``). ``kept`` (B, 1, H, W) in {0, 1}: pixels that φ keeps whatever m says (a
+        deletion forbidden there; scripts/mask_minmax.py), None (default) for MASK's own loss.
 
         Differentiable with respect to x (through φ and the blur reference) and the mask parameter
         (B, 1, h, w); use ``torch.autograd.grad(..., create_graph=True)`` for look-ahead steps. The
@@ -202,7 +205,10 @@ class MaskInterpreter(Interpreter):
         """
         ref = self.reference(x) if reference is None else reference
         m_low = param.clamp(0, 1)
-        perturbed = self.phi(x, self.keep_mask(param, x.shape[-2:]).to(x.dtype), reference=ref)
+        keep = self.keep_mask(param, x.shape[-2:]).to(x.dtype)
+        if kept is not None:
+            keep = 1 - (1 - keep) * (1 - kept)
+        perturbed = self.phi(x, keep, reference=ref)
         logits = self.classifier(perturbed).float() / self.temperature
         prob = logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
         area = (1 - m_low).abs().flatten(1).mean(dim=1)
