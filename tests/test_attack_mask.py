@@ -1,4 +1,4 @@
-"""ADV² against MASK (Algorithm 1 and the unrolled estimate): budget, determinism, per-sample independence,
+"""ADV² against MASK (Algorithm 1, the unrolled and the min-max estimate): budget, determinism, per-sample independence,
 model state, effect."""
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ def make_attack(model, **kw) -> ADV2Mask:
     interp = MaskInterpreter(model, iterations=20)
     # lam (the unrolled estimate's λ) 10: this toy classifier is barely confident, λ 100 outweighs its CE.
     args = dict(eps=EPS, alpha=EPS / 5, steps=6, warm_steps=10, n_reset=3, reset_iterations=20, n_bs=5)
-    args.update(unroll=5, lam=10.0)
+    args.update(unroll=5, lam=10.0, select_every=2, inner_every=2, inner_iterations=5)
     args.update(kw)
     return ADV2Mask(model, interp, **args)
 
 
-@pytest.fixture(scope="module", params=["algorithm1", "unrolled"])
+@pytest.fixture(scope="module", params=["algorithm1", "unrolled", "minmax"])
 def estimate(request):
     return request.param
 
@@ -159,3 +159,8 @@ def test_rejects_an_unknown_estimate_and_a_non_positive_unroll(model):
     with pytest.raises(ValueError, match="lam"):
         ADV2Mask(model, interp, estimate="unrolled", lam=-1.0)
     ADV2Mask(model, interp, estimate="unrolled", lam=(5.0, 10.0))  # a ramp, as ADV2 accepts
+    for key in ("select_every", "inner_every", "inner_iterations", "inner_pool"):
+        with pytest.raises(ValueError, match=key):
+            ADV2Mask(model, interp, estimate="minmax", **{key: 0})
+    with pytest.raises(ValueError, match="survive_weight"):
+        ADV2Mask(model, interp, estimate="minmax", survive_weight=-1.0)

@@ -16,14 +16,16 @@ from tqdm.auto import tqdm
 
 from aid.attacks.adv2 import ADV2_VARIANTS
 from aid.attacks.base import ATTACKS, Attack, AttackResult
+from aid.attacks.mask_game import minmax_loss, target_region, worst_deletion_outside
 from aid.attacks.pgd import PGD, signed_step
 from aid.attacks.schedules import BestIterate, check_schedule, linear_schedule, smoothed_cross_entropy
 from aid.attacks.strategies import map_mse, unique_modules
 from aid.attacks.targets import benign_target_maps
 from aid.interpreters.base import Interpreter
+from aid.metrics import map_l1
 from aid.models import NormalizedClassifier
 
-ESTIMATES = ("algorithm1", "unrolled")
+ESTIMATES = ("algorithm1", "unrolled", "minmax")
 
 
 class MaskFollower:
@@ -203,6 +205,18 @@ class ADV2Mask(Attack):
     64 validation images, MASK at T 10, K 20, 30 + 30 steps, λ 100) the ADV² maps reached IoU 0.30
     and L1 0.048 with the benign maps, where Algorithm 1 reaches 0.23 and 0.052 (PGD 0.23, 0.082).
 
+    ``estimate="minmax"`` attacks the condition under which MASK shows the target map instead of
+    estimating the map's response (:mod:`aid.attacks.mask_game`): with R the target map's pixels above
+    ``region_threshold``, each of ``steps`` iterations is an L∞ sign step of size α on label-smoothed
+    cross-entropy − ``survive_weight``·log p_t(φ(x; keep_out)) + λ·p_t^T(φ(x; 1 − R)): the target class
+    must survive the inner player's deletion keep_out (MASK's own optimisation, ``inner_iterations``
+    Adam steps, with the deletion forbidden on R, re-solved every ``inner_every`` steps; the mean over
+    its last ``inner_pool`` solutions) and die when R is deleted (MASK's deletion term at its
+    temperature). Every ``select_every`` steps MASK's own map of the iterate is computed and each
+    sample keeps the iterate nearest the target map in L1 among those with target confidence ≥ κ.
+    Cost per 15 steps: 15 × 3 classifier passes with backward, 60 inner MASK iterations and one
+    evaluated MASK map; 300 steps on 64 images at 32 px took about 4.5 min on the 2-core machine.
+
     Look-ahead: the virtual steps are normalised gradient steps, m_{j+1} = m_j − ξ_b ∇_m ℓ_map with
     ξ_b = lr / RMS(∇_m ℓ_map(m_0)) per sample (detached), so that a virtual step moves the mask about
     as far as one Adam step of the follower; the map of each virtual m is clamped to [0, 1] in the
@@ -229,12 +243,19 @@ class ADV2Mask(Attack):
         kappa: κ, the target confidence kept by the bisection and required by the selection (0.8).
         seed: kept for the interface (the attack draws no random numbers; MASK seeds its own).
         progress: show a tqdm progress bar.
-        estimate: ``"algorithm1"`` (default, the paper's) or ``"unrolled"`` (see above).
+        estimate: ``"algorithm1"`` (default, the paper's), ``"unrolled"`` or ``"minmax"`` (see above).
         unroll: MASK iterations differentiated through with ``estimate="unrolled"`` (default 20).
         lam: λ of the unrolled estimate, a number or (start, end) ramped over the steps as in ADV2
-            (default None: 100); Algorithm 1 does not use it (bisection sets its step).
-        lam_enc, select_every, strategy_kwargs: accepted so that :class:`~aid.attacks.adv2.ADV2` can
-            dispatch its arguments here; unused.
+            (default None: 100), and the weight of the region term of the min-max estimate (the same
+            default); Algorithm 1 does not use it (bisection sets its step).
+        select_every: the min-max estimate offers an iterate to the selection every this many steps
+            (default None: 15); the other estimates select at their own points.
+        inner_every, inner_iterations, inner_pool, survive_weight, region_threshold: the min-max
+            estimate's re-solve interval of the inner player (10 steps), its MASK iterations (40), how
+            many of its last solutions the target class must survive (1), the weight of that term (3)
+            and the threshold of the target map that gives the region R (0.05).
+        lam_enc, strategy_kwargs: accepted so that :class:`~aid.attacks.adv2.ADV2` can dispatch its
+            arguments here; unused.
 
     Shapes: x (B, C, H, W) in [0, 1]; target (B,) long or an int; target_map (B, 1, H, W) or None
     (the benign MASK map). Returns an :class:`~aid.attacks.base.AttackResult` with ``maps``;
@@ -269,22 +290,33 @@ class ADV2Mask(Attack):
         estimate: str = "algorithm1",
         unroll: int = 20,
         lam: float | tuple[float, float] | None = None,
+        select_every: int | None = None,
+        inner_every: int = 10,
+        inner_iterations: int = 40,
+        inner_pool: int = 1,
+        survive_weight: float = 3.0,
+        region_threshold: float = 0.05,
         lam_enc: Any = None,
-        select_every: Any = None,
         strategy_kwargs: Any = None,
     ) -> None:
         super().__init__(classifier, eps=eps, alpha=alpha, steps=steps, seed=seed, progress=progress)
         for key in ("init_mask", "mask_loss", "optimize", "mask_to_map", "reference"):
             if not hasattr(interpreter, key):
                 raise TypeError(f"ADV2Mask needs a MASK interpreter (missing {key!r}), got {interpreter!r}")
+        select_every = 15 if select_every is None else select_every
         for key, value in (("warm_steps", warm_steps), ("n_step", n_step), ("n_reset", n_reset),
-                           ("reset_iterations", reset_iterations), ("n_bs", n_bs)):
+                           ("reset_iterations", reset_iterations), ("n_bs", n_bs), ("select_every", select_every),
+                           ("inner_every", inner_every), ("inner_iterations", inner_iterations),
+                           ("inner_pool", inner_pool)):
             if int(value) < (0 if key == "warm_steps" else 1):
                 raise ValueError(f"{key} must be >= {0 if key == 'warm_steps' else 1}, got {value}")
         if not alpha_max > 0 or not pred_step >= 0:
             raise ValueError(f"alpha_max must be > 0 and pred_step >= 0, got {alpha_max}, {pred_step}")
         if not 0 <= kappa <= 1:
             raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+        if not survive_weight >= 0 or not 0 <= region_threshold < 1:
+            raise ValueError(f"survive_weight must be >= 0 and region_threshold in [0, 1), got {survive_weight}, "
+                             f"{region_threshold}")
         check_schedule("smoothing", smoothing, 0.0, 0.999)
         if estimate not in ESTIMATES:
             raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
@@ -294,10 +326,19 @@ class ADV2Mask(Attack):
             check_schedule("lam", lam, 0.0, float("inf"))
         if estimate == "unrolled" and not hasattr(interpreter, "unrolled_map"):
             raise TypeError(f"estimate='unrolled' needs an interpreter with unrolled_map, got {interpreter!r}")
+        if estimate == "minmax" and not all(hasattr(interpreter, k) for k in ("phi", "keep_mask", "temperature")):
+            raise TypeError(f"estimate='minmax' needs an interpreter with phi, keep_mask and temperature, "
+                            f"got {interpreter!r}")
         self.interpreter = interpreter
         self.estimate = estimate
         self.unroll = int(unroll)
         self.lam = 100.0 if lam is None else lam
+        self.select_every = int(select_every)
+        self.inner_every = int(inner_every)
+        self.inner_iterations = int(inner_iterations)
+        self.inner_pool = int(inner_pool)
+        self.survive_weight = float(survive_weight)
+        self.region_threshold = float(region_threshold)
         self.warm_steps = int(warm_steps)
         self.n_step = int(n_step)
         self.n_reset = int(n_reset)
@@ -355,6 +396,8 @@ class ADV2Mask(Attack):
         x_adv = self.warm_start(x, target)
         if self.estimate == "unrolled":
             x_sel, step = self._unrolled(x_adv, x, target, target_map)
+        elif self.estimate == "minmax":
+            x_sel, step = self._minmax(x_adv, x, target, target_map)
         else:
             x_sel, step = self._algorithm1(x_adv, x, target, target_map)
         success, confidence = self.evaluate(x_sel, target)
@@ -375,6 +418,29 @@ class ADV2Mask(Attack):
             rho = linear_schedule(self.smoothing, i, self.steps)
             lam = linear_schedule(self.lam, i, self.steps)
             loss = smoothed_cross_entropy(logits, target, rho) + lam * l_int
+            (grad,) = torch.autograd.grad(loss.sum(), x_var)
+            x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
+        return best.result(x_adv, self.warm_steps + self.steps)
+
+    def _minmax(self, x_adv: Tensor, x: Tensor, target: Tensor, target_map: Tensor) -> tuple[Tensor, Tensor]:
+        """The min-max estimate (aid/attacks/mask_game.py) from the warm-started x_adv; (selected
+        iterates, their steps)."""
+        region = target_region(target_map, self.region_threshold)
+        best = BestIterate(x_adv, self.kappa)
+        keep_outs: list[Tensor] = []
+        for i in tqdm(range(self.steps + 1), desc="adv2_mask", disable=not self.progress, leave=False):
+            if i % self.select_every == 0 or i == self.steps:
+                l1 = map_l1(self.interpreter.attribute(x_adv, target), target_map)
+                best.update(x_adv, l1, self.confidence(x_adv, target), step=self.warm_steps + i)
+            if i == self.steps:
+                break
+            if i % self.inner_every == 0:
+                keep = worst_deletion_outside(self.interpreter, x_adv, target, region, self.inner_iterations)
+                keep_outs = [*keep_outs, keep][-self.inner_pool:]
+            x_var = x_adv.detach().requires_grad_(True)
+            rho = linear_schedule(self.smoothing, i, self.steps)
+            lam = linear_schedule(self.lam, i, self.steps)
+            loss, _ = minmax_loss(self.interpreter, x_var, target, region, keep_outs, rho, self.survive_weight, lam)
             (grad,) = torch.autograd.grad(loss.sum(), x_var)
             x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
         return best.result(x_adv, self.warm_steps + self.steps)

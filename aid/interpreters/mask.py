@@ -195,7 +195,8 @@ class MaskInterpreter(Interpreter):
     ) -> Tensor:
         """ℓ_map(m; x) per sample (B,): p_target(φ(x; m)) + λ_area·mean|1 − m| + λ_tv·TV_β(m) (p at
         ``temperature``). ``kept`` (B, 1, H, W) in {0, 1}: pixels that φ keeps whatever m says (a
-        deletion forbidden there; scripts/mask_minmax.py), None (default) for MASK's own loss.
+        deletion forbidden there; the min-max estimate of ADV² against MASK, aid/attacks/mask_game.py),
+        None (default) for MASK's own loss.
 
         Differentiable with respect to x (through φ and the blur reference) and the mask parameter
         (B, 1, h, w); use ``torch.autograd.grad(..., create_graph=True)`` for look-ahead steps. The
@@ -215,13 +216,19 @@ class MaskInterpreter(Interpreter):
         return prob + self.area_weight * area + self.tv_weight * total_variation(m_low, self.tv_beta)
 
     def optimize(
-        self, x: Tensor, target: Tensor, steps: int | None = None, init: Tensor | None = None
+        self,
+        x: Tensor,
+        target: Tensor,
+        steps: int | None = None,
+        init: Tensor | None = None,
+        kept: Tensor | None = None,
     ) -> Tensor:
         """Run ``steps`` (default ``iterations``) Adam steps on the mask; returns the parameter (B, 1, h, w).
 
         Starts from ``init`` (e.g. the previous estimate in Algorithm 1) or :meth:`init_mask`; the Adam
         state is fresh on every call and the parameter is projected onto [0, 1] after each step. x is
         treated as a constant; the classifier is frozen in eval mode for the call and restored.
+        ``kept`` (B, 1, H, W) in {0, 1} forbids the deletion there (see :meth:`mask_loss`).
         """
         _no_inference_mode("MASK")
         steps = self.iterations if steps is None else int(steps)
@@ -236,7 +243,7 @@ class MaskInterpreter(Interpreter):
                 ref = self.reference(x)
             opt = torch.optim.Adam([param], lr=self.lr)
             for _ in range(steps):
-                loss = self.mask_loss(x, target, param, ref).sum()
+                loss = self.mask_loss(x, target, param, ref, kept=kept).sum()
                 (grad,) = torch.autograd.grad(loss, param)
                 param.grad = grad
                 opt.step()

@@ -1,0 +1,65 @@
+"""The min-max estimate of ADV² against MASK (``ADV2Mask(estimate="minmax")``).
+
+MASK's map of x marks the cheapest deletion that removes the class: m*(x) = argmin_m p_t(φ(x; m)) +
+area + TV. For MASK to show a target map whose region is R, deleting R must remove the target class t,
+and every deletion elsewhere must leave it. Rather than estimating how m* moves with x (Algorithm 1,
+the unrolled estimate), this estimate attacks that condition: MASK's own optimisation with the
+deletion forbidden on R is the inner player (its best deletion outside R), and the attack makes t
+survive the inner player's deletions and die when R is deleted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aid.attacks.schedules import smoothed_cross_entropy
+from aid.interpreters.base import Interpreter
+
+
+def target_region(target_map: Tensor, threshold: float) -> Tensor:
+    """R (B, 1, H, W) in {0, 1}: the target map's pixels above ``threshold``."""
+    return (target_map > threshold).to(target_map.dtype)
+
+
+def worst_deletion_outside(
+    interpreter: Interpreter, x: Tensor, target: Tensor, region: Tensor, iterations: int
+) -> Tensor:
+    """The inner player: keep mask (B, 1, H, W) of MASK's optimisation of x for ``target`` (its loss, Adam,
+    start and clamping; ``iterations`` steps) with the deletion forbidden on ``region`` (B, 1, H, W) in
+    {0, 1}, so 1 on the region. No graph to x."""
+    param = interpreter.optimize(x.detach(), target, iterations, kept=region.detach())
+    keep = interpreter.keep_mask(param, x.shape[-2:]).to(x.dtype)
+    return (1 - (1 - keep) * (1 - region)).detach()
+
+
+def minmax_loss(
+    interpreter: Interpreter,
+    x: Tensor,
+    target: Tensor,
+    region: Tensor,
+    keep_outs: list[Tensor],
+    rho: float,
+    survive_weight: float,
+    region_weight: float,
+) -> tuple[Tensor, Tensor]:
+    """(loss (B,), logits (B, K)) of one step of the min-max estimate, differentiable in x:
+
+        CE_ρ(f(x), t) − survive_weight · mean_k log p_t(φ(x; keep_k)) + region_weight · p_t^T(φ(x; 1 − R)),
+
+    CE_ρ the label-smoothed cross-entropy of ADV², keep_k the inner player's last keep masks
+    (B, 1, H, W) each, p^T the class probability at MASK's temperature (MASK's own deletion term).
+    φ's reference is that of x, as MASK computes it for x.
+    """
+    clf = interpreter.classifier
+    logits = clf(x)
+    ref = interpreter.reference(x)
+    loss = smoothed_cross_entropy(logits, target, rho)
+    if keep_outs:
+        deleted = torch.cat([interpreter.phi(x, keep, reference=ref) for keep in keep_outs])
+        log_p = F.log_softmax(clf(deleted).float(), dim=1).gather(1, target.repeat(len(keep_outs))[:, None])
+        loss = loss - survive_weight * log_p.view(len(keep_outs), -1).mean(dim=0)
+    region_logits = clf(interpreter.phi(x, 1 - region, reference=ref)).float() / interpreter.temperature
+    p_region = region_logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+    return loss + region_weight * p_region, logits
