@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,12 +40,6 @@ from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
 from scripts.mask_unrolled import eval_mask_kwargs  # noqa: E402
 from scripts.shapes_images import correct_validation_images  # noqa: E402
-
-
-def target_probability(classifier: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-    """p_target(x) (B,) of the classifier's softmax."""
-    with torch.no_grad():
-        return classifier(x).float().softmax(1).gather(1, target[:, None]).squeeze(1)
 
 
 def main() -> None:
@@ -84,9 +77,9 @@ def main() -> None:
     ref = mask.reference(x_adv)
     on = (maps > args.region_threshold).float()
     inner = worst_deletion_outside(mask, x_adv, t, region, args.inner)
-    p_region = target_probability(clf, mask.phi(x_adv, 1 - region, reference=ref), t)
-    p_out = target_probability(clf, mask.phi(x_adv, inner, reference=ref), t)
-    p_own = target_probability(clf, mask.phi(x_adv, 1 - maps, reference=ref), t)
+    p_region = attack.confidence(mask.phi(x_adv, 1 - region, reference=ref), t)
+    p_out = attack.confidence(mask.phi(x_adv, inner, reference=ref), t)
+    p_own = attack.confidence(mask.phi(x_adv, 1 - maps, reference=ref), t)
     inside = (on * region).flatten(1).sum(1) / on.flatten(1).sum(1).clamp_min(1)
     cover = (on * region).flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1)
     print(f"min-max, successful images: p_t with R deleted {p_region[ok].mean():.3f}, with the inner player's "
