@@ -20,6 +20,7 @@ it covers):
 
     python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt            (64 images, 5 min)
     python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt --w-region 30 --target-seed 1
+    python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt --mask min_mask_size=8   (8×8 mask)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
+from scripts.mask_quality import parse_setting  # noqa: E402
 from scripts.mask_unrolled import eval_mask_kwargs  # noqa: E402
 from scripts.shapes_images import correct_validation_images  # noqa: E402
 
@@ -55,10 +57,11 @@ def main() -> None:
     p.add_argument("--region-threshold", type=float, default=0.05)
     p.add_argument("--select-every", type=int, default=15, help="offer the iterate to the selection every N steps")
     p.add_argument("--target-seed", type=int, default=0, help="seed of the random target classes")
+    p.add_argument("--mask", default="default", help="MASK settings over the config's: key=value,...")
     args = p.parse_args()
     clf, x, y, _ = correct_validation_images(args.classifier_ckpt, 32, args.images)
     t = random_target_classes(y, clf.num_classes, args.target_seed)
-    mask = build_interpreter("mask", clf, **eval_mask_kwargs())
+    mask = build_interpreter("mask", clf, **{**eval_mask_kwargs(), **parse_setting(args.mask)})
     benign = mask.attribute(x, y)
     eps, alpha = 12 / 255, 1 / 255
     attack = ADV2Mask(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps, estimate="minmax",
