@@ -16,6 +16,7 @@ from torch import Tensor
 
 from aid.attacks.schedules import smoothed_cross_entropy
 from aid.interpreters.base import Interpreter
+from aid.interpreters.mask import forbid_deletion
 
 
 def target_region(target_map: Tensor, threshold: float) -> Tensor:
@@ -31,7 +32,7 @@ def worst_deletion_outside(
     {0, 1}, so 1 on the region. No graph to x."""
     param = interpreter.optimize(x.detach(), target, iterations, kept=region.detach())
     keep = interpreter.keep_mask(param, x.shape[-2:]).to(x.dtype)
-    return (1 - (1 - keep) * (1 - region)).detach()
+    return forbid_deletion(keep, region).detach()
 
 
 def minmax_loss(

@@ -74,6 +74,11 @@ def total_variation(m: Tensor, beta: float = 3.0) -> Tensor:
     return torch.cat([dy, dx], dim=1).mean(dim=1)
 
 
+def forbid_deletion(keep: Tensor, kept: Tensor) -> Tensor:
+    """Keep mask (B, 1, H, W) ``keep`` with the deletion undone where ``kept`` (B, 1, H, W) in {0, 1} is 1."""
+    return 1 - (1 - keep) * (1 - kept)
+
+
 def _no_inference_mode(who: str) -> None:
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
@@ -208,7 +213,7 @@ class MaskInterpreter(Interpreter):
         m_low = param.clamp(0, 1)
         keep = self.keep_mask(param, x.shape[-2:]).to(x.dtype)
         if kept is not None:
-            keep = 1 - (1 - keep) * (1 - kept)
+            keep = forbid_deletion(keep, kept)
         perturbed = self.phi(x, keep, reference=ref)
         logits = self.classifier(perturbed).float() / self.temperature
         prob = logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
