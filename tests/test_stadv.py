@@ -146,3 +146,46 @@ def test_registry_names_build_the_attacks(model):
     assert isinstance(build_attack("adv2_stadv", model, CAM(model)), ADV2StAdv)
     with pytest.raises(ValueError, match="loss"):
         StAdv(model, loss="l2")
+    with pytest.raises(ValueError, match="select"):
+        StAdv(model, select="first")
+
+
+
+class _Recorder:
+    """Stands in for BestIterate in StAdv.perturb: keeps every offered iterate."""
+
+    def __init__(self) -> None:
+        self.offers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def update(self, x, rank, confidence, step):
+        self.offers.append((x.detach().clone(), rank.detach().clone(), confidence.detach().clone()))
+
+
+def _trajectory(model, x, t, select):
+    attack = StAdv(model, steps=30, lr=0.1, select=select)
+    recorder = _Recorder()
+    attack.perturb(x, t, attack.flow_optimizer(x), best=recorder)
+    xs, ranks, conf = (torch.stack(v) for v in zip(*recorder.offers, strict=True))
+    return attack(x, t), xs, ranks, conf  # xs (steps + 1, B, C, H, W); ranks, conf (steps + 1, B)
+
+
+def test_stadv_last_returns_the_final_iterate_and_its_first_success_step(model, data):
+    x, t = data
+    r, xs, _, conf = _trajectory(model, x, t, "last")
+    assert torch.allclose(r.x_adv, xs[-1], atol=1e-6)
+    hit = conf.bool().any(dim=0)
+    assert hit.sum() >= 4
+    first = torch.where(hit, conf.argmax(dim=0), torch.full_like(r.iterations, 30))
+    assert torch.equal(r.iterations, first)  # the first step that reached the target, else `steps`
+
+
+def test_stadv_min_flow_returns_the_least_distorted_successful_iterate(model, data):
+    x, t = data
+    r, xs, flow_losses, conf = _trajectory(model, x, t, "min_flow")
+    masked = torch.where(conf > 0, flow_losses, torch.full_like(flow_losses, float("inf")))
+    hit = conf.bool().any(dim=0)
+    chosen = torch.where(hit, masked.argmin(dim=0), torch.full_like(r.iterations, 30))  # else: the last
+    assert hit.sum() >= 4
+    assert torch.equal(r.iterations, chosen)
+    assert torch.allclose(r.x_adv, xs[chosen, torch.arange(len(x))], atol=1e-6)
+    assert (chosen[hit] < 30).any()  # not simply the last iterate

@@ -440,7 +440,7 @@ class ADV2Mask(Attack):
             x_var = x_adv.detach().requires_grad_(True)
             rho = linear_schedule(self.smoothing, i, self.steps)
             lam = linear_schedule(self.lam, i, self.steps)
-            loss, _ = minmax_loss(self.interpreter, x_var, target, region, keep_outs, rho, self.survive_weight, lam)
+            loss = minmax_loss(self.interpreter, x_var, target, region, keep_outs, rho, self.survive_weight, lam)
             (grad,) = torch.autograd.grad(loss.sum(), x_var)
             x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
         return best.result(x_adv, self.warm_steps + self.steps)

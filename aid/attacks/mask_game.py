@@ -44,8 +44,8 @@ def minmax_loss(
     rho: float,
     survive_weight: float,
     region_weight: float,
-) -> tuple[Tensor, Tensor]:
-    """(loss (B,), logits (B, K)) of one step of the min-max estimate, differentiable in x:
+) -> Tensor:
+    """The loss (B,) of one step of the min-max estimate, differentiable in x:
 
         CE_ρ(f(x), t) − survive_weight · mean_k log p_t(φ(x; keep_k)) + region_weight · p_t^T(φ(x; 1 − R)),
 
@@ -63,4 +63,4 @@ def minmax_loss(
         loss = loss - survive_weight * log_p.view(len(keep_outs), -1).mean(dim=0)
     region_logits = clf(interpreter.phi(x, 1 - region, reference=ref)).float() / interpreter.temperature
     p_region = region_logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
-    return loss + region_weight * p_region, logits
+    return loss + region_weight * p_region

@@ -117,10 +117,12 @@ class StAdv(Attack):
     Distance measure: the flow's smoothness ℓ_flow (Eqn 14), *not* L∞: ``eps`` does not bound the
     result (the attribute is ``inf``; only the [0, 1] box holds, by construction of bilinear
     sampling). The optimiser is Adam (lr 0.01, amsgrad, as the authors), the flow starts uniform in
-    ±0.1 pixel from the attack's seeded generator. Every sample runs all ``steps``; per sample the
-    result is the successful iterate (argmax = target) with the smallest ℓ_flow, or the last iterate
-    when none succeeded. The authors run 200 iterations before ADV² on ImageNet; the default here is
-    scaled to 32 px images.
+    ±0.1 pixel from the attack's seeded generator. Every sample runs all ``steps``. The result is the
+    last iterate (``select="last"``, as the authors' StAdv baseline and as :class:`~aid.attacks.pgd.PGD`),
+    or per sample the successful iterate (argmax = target) with the smallest ℓ_flow, the last one when
+    none succeeded (``select="min_flow"``, the least distorted example in the sense of Xiao et al.).
+    The authors run 300 iterations for their StAdv baseline and 200 before ADV² on ImageNet; the
+    default here is scaled to 32 px images.
 
     Args:
         classifier: target classifier ``f``.
@@ -133,9 +135,11 @@ class StAdv(Attack):
         amsgrad: Adam's AMSGrad variant (default True, the authors' setting).
         seed: seed of the random start.
         progress: show a progress bar.
+        select: ``"last"`` (default) or ``"min_flow"``, which iterate is returned (see above).
 
     Shapes: x (B, C, H, W) in [0, 1]; target (B,) long or an int. Returns an
-    :class:`~aid.attacks.base.AttackResult` (``maps`` is None).
+    :class:`~aid.attacks.base.AttackResult` (``maps`` is None; ``iterations`` is the first successful
+    step for ``last``, the selected step for ``min_flow``).
 
     Example:
         >>> attack = StAdv(classifier, steps=100)
@@ -155,9 +159,13 @@ class StAdv(Attack):
         amsgrad: bool = True,
         seed: int | None = 0,
         progress: bool = False,
+        select: str = "last",
     ) -> None:
         super().__init__(classifier, eps=1.0, alpha=lr, steps=steps, seed=seed, progress=progress)
         _check_flow_args(lr, tau, loss, init_range)
+        if select not in ("last", "min_flow"):
+            raise ValueError(f"select must be 'last' or 'min_flow', got {select!r}")
+        self.select = select
         self.eps = math.inf  # a spatial attack: no L∞ budget
         self.lr = float(lr)
         self.tau = float(tau)
@@ -175,7 +183,8 @@ class StAdv(Attack):
         """Run ``steps`` StAdv iterations on ``opt`` (default a fresh one); returns the optimiser.
 
         When ``best`` is given, every iterate (the start, each step and the last) is offered to it with
-        loss ℓ_flow and "confidence" 1 for a success (argmax = target), 0 otherwise; use κ = 1.
+        "confidence" 1 for a success (argmax = target), 0 otherwise (use κ = 1), and loss ℓ_flow
+        (``select="min_flow"``) or the step number (``"last"``: ``best`` then finds the first success).
         Models must already be frozen (``__call__`` does that); ADV² on StAdv calls this for its warm
         start.
         """
@@ -187,7 +196,8 @@ class StAdv(Attack):
             logits = self.classifier(x_adv)
             smooth = flow_loss(opt.flow)
             if best is not None:
-                best.update(x_adv, smooth, (logits.detach().argmax(dim=1) == target).float(), step=i)
+                rank = smooth if self.select == "min_flow" else torch.full_like(smooth, float(i))
+                best.update(x_adv, rank, (logits.detach().argmax(dim=1) == target).float(), step=i)
             if i == self.steps:
                 break
             loss = prediction_loss(logits, target, self.loss) + self.tau * smooth
@@ -199,7 +209,10 @@ class StAdv(Attack):
     def _run(self, x: Tensor, target: Tensor, target_map: Tensor | None) -> AttackResult:
         best = BestIterate(x, kappa=1.0)
         opt = self.perturb(x, target, best=best)
-        x_sel, step = best.result(apply_flow(x, opt.flow.detach()), self.steps)
+        x_last = apply_flow(x, opt.flow.detach())
+        x_sel, step = best.result(x_last, self.steps)
+        if self.select == "last":
+            x_sel = x_last
         success, confidence = self.evaluate(x_sel, target)
         return AttackResult(x_adv=x_sel, success=success, confidence=confidence, iterations=step)
 
