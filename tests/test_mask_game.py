@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from aid.attacks.mask_game import minmax_loss, target_region, worst_deletion_outside
+from aid.attacks.schedules import smoothed_cross_entropy
 from aid.interpreters.mask import MaskInterpreter
 from aid.model_state import frozen_eval
 from tests.conftest import quadrant_classifier, quadrant_images
@@ -34,15 +35,19 @@ def test_minmax_loss_is_per_sample_differentiable_and_grows_with_the_class_survi
     clf = quadrant_classifier()
     x, y = quadrant_images(4, seed=6)
     mask = MaskInterpreter(clf, iterations=10)
+
+    def prd(images, labels):
+        return smoothed_cross_entropy(clf(images), labels, 0.05)
+
     region = torch.zeros(4, 1, *x.shape[-2:])
     region[..., 8:, 8:] = 1
     with frozen_eval(clf), torch.enable_grad():
         keep = worst_deletion_outside(mask, x, y, region, iterations=5)
         xv = x.clone().requires_grad_(True)
-        loss = minmax_loss(mask, xv, y, region, [keep, keep], 0.05, 3.0, 30.0)
+        loss = minmax_loss(mask, xv, y, region, [keep, keep], prd(xv, y), 3.0, 30.0)
         (grad,) = torch.autograd.grad(loss.sum(), xv)
-        without = minmax_loss(mask, x, y, region, [keep], 0.05, 3.0, 0.0)
-        alone = minmax_loss(mask, x[:2], y[:2], region[:2], [keep[:2]], 0.05, 3.0, 30.0)
+        without = minmax_loss(mask, x, y, region, [keep], prd(x, y), 3.0, 0.0)
+        alone = minmax_loss(mask, x[:2], y[:2], region[:2], [keep[:2]], prd(x[:2], y[:2]), 3.0, 30.0)
     assert loss.shape == (4,)
     assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
     assert (loss > without).all()  # the region term is a positive probability

@@ -184,8 +184,9 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
 class ADV2MaskAdaptive(SqueezeTerm, ADV2Mask):
     r"""Adaptive ADV² against feature squeezing for MASK: Algorithm 1 with Algorithm 2's squeeze term.
 
-    The term (see :class:`ADV2Adaptive`) joins ℓ_prd in the prediction step (i) of
-    :class:`~aid.attacks.adv2_mask.ADV2Mask`; the interpretation step (ii) is unchanged.
+    The term (see :class:`ADV2Adaptive`) joins ℓ_prd (:meth:`prediction_loss`): in the prediction step
+    (i) of :class:`~aid.attacks.adv2_mask.ADV2Mask` (the interpretation step (ii) is unchanged), and in
+    the loss of every step with ``estimate="unrolled"`` or ``"minmax"``.
 
     Args:
         classifier, interpreter: as :class:`~aid.attacks.adv2_mask.ADV2Mask`.

@@ -410,14 +410,14 @@ class ADV2Mask(Attack):
         for i in tqdm(range(self.steps + 1), desc="adv2_mask", disable=not self.progress, leave=False):
             x_var = x_adv.detach().requires_grad_(True)
             l_int = map_mse(self.interpreter.unrolled_map(x_var, target, self.unroll), target_map)
-            logits = self.classifier(x_var)
+            # ℓ_prd through prediction_loss, so that subclasses (the adaptive attack) extend it here too.
+            prd, logits = self.prediction_loss(x_var, target, min(i, self.steps - 1))
             conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
             best.update(x_adv, l_int, conf, step=self.warm_steps + i)
             if i == self.steps:
                 break
-            rho = linear_schedule(self.smoothing, i, self.steps)
             lam = linear_schedule(self.lam, i, self.steps)
-            loss = smoothed_cross_entropy(logits, target, rho) + lam * l_int
+            loss = prd + lam * l_int
             (grad,) = torch.autograd.grad(loss.sum(), x_var)
             x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
         return best.result(x_adv, self.warm_steps + self.steps)
@@ -438,9 +438,9 @@ class ADV2Mask(Attack):
                 keep = worst_deletion_outside(self.interpreter, x_adv, target, region, self.inner_iterations)
                 keep_outs = [*keep_outs, keep][-self.inner_pool:]
             x_var = x_adv.detach().requires_grad_(True)
-            rho = linear_schedule(self.smoothing, i, self.steps)
+            prd, _ = self.prediction_loss(x_var, target, i)
             lam = linear_schedule(self.lam, i, self.steps)
-            loss = minmax_loss(self.interpreter, x_var, target, region, keep_outs, rho, self.survive_weight, lam)
+            loss = minmax_loss(self.interpreter, x_var, target, region, keep_outs, prd, self.survive_weight, lam)
             (grad,) = torch.autograd.grad(loss.sum(), x_var)
             x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
         return best.result(x_adv, self.warm_steps + self.steps)

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aid.attacks.schedules import smoothed_cross_entropy
 from aid.interpreters.base import Interpreter
 from aid.interpreters.mask import forbid_deletion
 
@@ -41,22 +40,22 @@ def minmax_loss(
     target: Tensor,
     region: Tensor,
     keep_outs: list[Tensor],
-    rho: float,
+    prediction_loss: Tensor,
     survive_weight: float,
     region_weight: float,
 ) -> Tensor:
     """The loss (B,) of one step of the min-max estimate, differentiable in x:
 
-        CE_ρ(f(x), t) − survive_weight · mean_k log p_t(φ(x; keep_k)) + region_weight · p_t^T(φ(x; 1 − R)),
+        ℓ_prd − survive_weight · mean_k log p_t(φ(x; keep_k)) + region_weight · p_t^T(φ(x; 1 − R)),
 
-    CE_ρ the label-smoothed cross-entropy of ADV², keep_k the inner player's last keep masks
-    (B, 1, H, W) each, p^T the class probability at MASK's temperature (MASK's own deletion term).
-    φ's reference is that of x, as MASK computes it for x.
+    ℓ_prd the attack's prediction loss of x (B,) (ADV²'s label-smoothed cross-entropy, plus the
+    squeeze term in the adaptive attack), keep_k the inner player's last keep masks (B, 1, H, W)
+    each, p^T the class probability at MASK's temperature (MASK's own deletion term). φ's reference
+    is that of x, as MASK computes it for x.
     """
     clf = interpreter.classifier
-    logits = clf(x)
     ref = interpreter.reference(x)
-    loss = smoothed_cross_entropy(logits, target, rho)
+    loss = prediction_loss
     if keep_outs:
         deleted = torch.cat([interpreter.phi(x, keep, reference=ref) for keep in keep_outs])
         log_p = F.log_softmax(clf(deleted).float(), dim=1).gather(1, target.repeat(len(keep_outs))[:, None])
