@@ -13,7 +13,7 @@ from aid.attacks import AttackResult, build_attack
 from aid.attacks.targets import random_patch_maps
 from aid.interpreters import Interpreter
 from aid.metrics import AttackSuccessRate, MapDistance, MeanConfidence
-from callbacks.attack_cache import batch_key, cached
+from callbacks.attack_cache import batch_key, cached, interpreter_key, settings_key
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
 
@@ -32,7 +32,8 @@ def merged_kwargs(table: dict[str, dict[str, Any]], attack: str, interpreter: st
 
 def benign_maps(trainer: pl.Trainer, name: str, interp: Interpreter, batch: EvalBatch) -> Tensor:
     """Maps of the benign images for their true (= predicted) class, cached for the round."""
-    return cached(trainer, ("benign", name, batch_key(batch.index)), lambda: interp(batch.x, batch.y).detach())
+    key = ("benign", name, interpreter_key(interp), batch_key(batch.index))
+    return cached(trainer, key, lambda: interp(batch.x, batch.y).detach())
 
 
 def run_attack(
@@ -55,9 +56,10 @@ def run_attack(
         atk = build_attack(attack, classifier, interpreter=interp, **kwargs)
         return atk(batch.x, batch.target, target_map)
 
-    # The settings are part of the key: callbacks with different attack settings never share examples.
-    settings = repr(sorted(kwargs.items()))
-    key = ("attack", attack, interp_name if interp is not None else None, target_kind, settings, batch_key(batch.index))
+    # The settings are part of the key: callbacks with different attack or interpreter settings never
+    # share examples.
+    interp_id = (interp_name, interpreter_key(interp)) if interp is not None else None
+    key = ("attack", attack, interp_id, target_kind, settings_key(kwargs), batch_key(batch.index))
     return cached(trainer, key, compute)
 
 

@@ -2,7 +2,8 @@
 
 The ADV² evaluation, transferability, squeezing and image-grid callbacks need the same adversarial
 inputs; the cache lives on the trainer and is cleared whenever the global step or the trainer's
-function changes, so a round never reuses examples made against an older interpreter.
+function changes, so a round never reuses examples made against an older interpreter; keys hold the
+attack's and the interpreter's settings, so callbacks that configure them differently never share.
 """
 
 from __future__ import annotations
@@ -31,3 +32,14 @@ def cached(trainer: pl.Trainer, key: tuple[Hashable, ...], compute: Callable[[],
 def batch_key(index: Tensor) -> tuple[int, ...]:
     """A hashable identity of a batch: its dataset indices."""
     return tuple(int(i) for i in index.tolist())
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A hashable identity of keyword settings (an attack's or an interpreter's)."""
+    return repr(sorted(settings.items()))
+
+
+def interpreter_key(interp: Any) -> str:
+    """The settings an interpreter was built with (``cache_tag``, set by ``resolve_interpreters``), so that
+    callbacks that build the same interpreter differently never share its maps or attacks."""
+    return getattr(interp, "cache_tag", "")

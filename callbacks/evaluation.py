@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from aid.interpreters import Interpreter, build_interpreter
 from aid.model_state import frozen_eval
+from callbacks.attack_cache import settings_key
 from callbacks.report import ReportWriter, find_report
 
 
@@ -232,4 +233,5 @@ def resolve_interpreters(
             out[name] = own[name]
         else:
             out[name] = build_interpreter(name, pl_module.classifier, **kwargs.get(name, {}))
+            out[name].cache_tag = settings_key(kwargs.get(name, {}))
     return out

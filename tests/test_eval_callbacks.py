@@ -155,6 +155,21 @@ def test_adv2_transfer_and_grids_share_adversarial_examples_of_a_round(model, tm
     assert summary["transfer/rts/rts/l1"] == pytest.approx(summary["adv2/rts/adv2/l1"])
 
 
+def test_callbacks_with_differently_built_interpreters_do_not_share_maps_or_examples(model, tmp_path, monkeypatch):
+    calls = []
+    real = adv2_module.build_attack
+    monkeypatch.setattr(adv2_module, "build_attack", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    cbs = [
+        ADV2Evaluation(interpreters=["grad"], attacks=["adv2"], attack_kwargs=ATTACKS, prefix=f"pool{p}",
+                       interpreter_kwargs={"grad": {"pool": p}}, **COMMON)
+        for p in (1, 4)
+    ]
+    summary, _ = validate(model, tmp_path, *cbs)
+    batches = COMMON["num_images"] // COMMON["batch_size"]
+    assert calls == ["adv2"] * (2 * batches)
+    assert summary["pool1/grad/adv2/l1"] != pytest.approx(summary["pool4/grad/adv2/l1"])
+
+
 # ----- squeeze detection ---------------------------------------------------------------------------
 
 

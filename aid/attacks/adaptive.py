@@ -182,7 +182,7 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
 
 @ATTACKS.register("adv2_mask_adaptive")
 class ADV2MaskAdaptive(SqueezeTerm, ADV2Mask):
-    r"""Adaptive ADV² against feature squeezing for MASK: Algorithm 1 with Algorithm 2's squeeze term.
+    r"""Adaptive ADV² against feature squeezing for MASK: ADV2Mask (any estimate) with Algorithm 2's term.
 
     The term (see :class:`ADV2Adaptive`) joins ℓ_prd (:meth:`prediction_loss`): in the prediction step
     (i) of :class:`~aid.attacks.adv2_mask.ADV2Mask` (the interpretation step (ii) is unchanged), and in
