@@ -98,6 +98,8 @@ class ADV2Evaluation(EvaluationCallback):
         bad = [a for a in attacks if a not in ATTACK_NAMES]
         if bad:
             raise ValueError(f"unknown attack(s) {bad}; allowed: {', '.join(ATTACK_NAMES)}")
+        if target_map not in ("benign", "patch"):
+            raise ValueError(f"target_map must be 'benign' or 'patch', got {target_map!r}")
         self.interpreters = list(interpreters)
         self.attacks = list(attacks)
         self.target_map = target_map
@@ -156,11 +158,23 @@ class ADV2Evaluation(EvaluationCallback):
                         bar.update(1)
         return metrics
 
+    def select(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict[str, Tensor]:
+        """The selection of :class:`EvaluationCallback`, with each image's random patch when
+        ``target_map="patch"``: drawn once for the whole selection on the CPU, so an image's patch does
+        not depend on the batch size, the number of processes or the device. The generator's seed is
+        ``seed`` + the first selected image's dataset index, which gives the patches that one batch
+        holding the whole selection drew before."""
+        sel = super().select(trainer, pl_module, split)
+        if self.target_map == "patch" and len(sel["index"]):
+            gen = torch.Generator().manual_seed(self.seed + int(sel["index"][0]))
+            patches = random_patch_maps(len(sel["index"]), tuple(sel["x"].shape[-2:]), generator=gen)
+            sel["target_map"] = patches.to(sel["x"])
+        return sel
+
     def _target_map(self, batch: EvalBatch, benign: Tensor) -> Tensor:
         if self.target_map == "benign":
             return benign
-        gen = torch.Generator(device=batch.x.device).manual_seed(self.seed + int(batch.index[0]))
-        return random_patch_maps(batch.x.shape[0], tuple(batch.x.shape[-2:]), generator=gen).to(benign)
+        return batch.target_map.to(benign)
 
     def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
         cols = ["asr", "mc", "l1", "l2", "iou"] + (["l1_target"] if self.target_map != "benign" else [])

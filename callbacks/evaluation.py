@@ -34,7 +34,8 @@ class EvalBatch:
     Attributes:
         x: images (B, C, H, W) in [0, 1]; y: true labels (B,); mask: ground-truth object masks
         (B, 1, H, W) (zeros where the data has none); target: attack target classes (B,), never
-        equal to y; index: the images' indices in the dataset (B,).
+        equal to y; index: the images' indices in the dataset (B,); target_map: attack target maps
+        (B, 1, H, W) when the callback draws them with the selection (random patches), else None.
     """
 
     x: Tensor
@@ -42,6 +43,7 @@ class EvalBatch:
     mask: Tensor
     target: Tensor
     index: Tensor
+    target_map: Tensor | None = None
 
 
 def _dataset(trainer: pl.Trainer, split: str):

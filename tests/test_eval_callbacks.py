@@ -170,6 +170,23 @@ def test_callbacks_with_differently_built_interpreters_do_not_share_maps_or_exam
     assert summary["pool1/grad/adv2/l1"] != pytest.approx(summary["pool4/grad/adv2/l1"])
 
 
+def test_random_patch_targets_do_not_depend_on_the_batch_size(model, tmp_path):
+    def run(batch_size, out):
+        out.mkdir()
+        # A strong attack, so that most images count (the metrics are over successful examples).
+        strong = {"adv2": {"steps": 10, "warm_steps": 10, "eps": 0.3, "alpha": 0.05}}
+        cb = ADV2Evaluation(interpreters=["rts"], attacks=["adv2"], target_map="patch", attack_kwargs=strong,
+                            **{**COMMON, "batch_size": batch_size})
+        return validate(model, out, cb)[0]
+
+    whole, halves = run(8, tmp_path / "one"), run(4, tmp_path / "two")
+    assert whole["adv2/rts/adv2/asr"] >= 0.75
+    for key in ("asr", "l1", "l1_target", "iou"):
+        assert whole[f"adv2/rts/adv2/{key}"] == pytest.approx(halves[f"adv2/rts/adv2/{key}"], abs=1e-5)
+    with pytest.raises(ValueError, match="target_map"):
+        ADV2Evaluation(target_map="random_class")
+
+
 # ----- squeeze detection ---------------------------------------------------------------------------
 
 
