@@ -50,11 +50,13 @@ def run_attack(
     """Run (or fetch from the round's cache) one attack on one batch."""
 
     def compute() -> AttackResult:
+        # The dataset indices seed each image's random numbers (StAdv's start): an image's example then
+        # does not depend on its batch, the number of processes or the device.
         if interp is None:
             atk = build_attack(attack, classifier, **kwargs)
-            return atk(batch.x, batch.target)
+            return atk(batch.x, batch.target, seeds=batch.index)
         atk = build_attack(attack, classifier, interpreter=interp, **kwargs)
-        return atk(batch.x, batch.target, target_map)
+        return atk(batch.x, batch.target, target_map, seeds=batch.index)
 
     # The settings are part of the key: callbacks with different attack or interpreter settings never
     # share examples.

@@ -126,6 +126,23 @@ def test_pgd_same_seed_same_output_and_seed_changes_random_start(tiny_classifier
     assert not torch.equal(a, c)
 
 
+def test_pgd_random_start_with_per_sample_seeds_equals_two_batches_of_8(trained):
+    x, _ = quadrant_data(16, 3)
+    t = torch.arange(16) % 4
+    seeds = torch.arange(16) * 7
+    attack = PGD(trained, eps=EPS, alpha=ALPHA, steps=3, random_start=True, seed=1)
+    whole = attack(x, t, seeds=seeds).x_adv
+    halves = torch.cat([attack(x[i : i + 8], t[i : i + 8], seeds=seeds[i : i + 8]).x_adv for i in (0, 8)])
+    assert torch.allclose(whole, halves, atol=1e-6)
+    # ADV²'s PGD warm start draws from the same per-sample seeds.
+    adv2 = make_adv2(trained, build_interpreter("cam", trained), eps=EPS, alpha=ALPHA, steps=2, warm_steps=2)
+    adv2.warm.random_start = True
+    a = adv2(x, t, seeds=seeds).x_adv
+    b = torch.cat([adv2(x[i : i + 8], t[i : i + 8], seeds=seeds[i : i + 8]).x_adv for i in (0, 8)])
+    assert torch.allclose(a, b, atol=1e-5)
+    assert adv2.sample_seeds is None and adv2.warm.sample_seeds is None  # the call's seeds do not stay
+
+
 def test_pgd_batch_of_16_equals_two_batches_of_8(trained):
     x, _ = quadrant_data(16, 3)
     t = torch.arange(16) % 4

@@ -141,6 +141,22 @@ def test_adv2_stadv_against_mask_uses_the_follower_and_returns_mask_maps(model, 
     assert torch.allclose(r.maps, interp.attribute(r.x_adv, t[:4]), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["stadv", "adv2_stadv"])
+def test_per_sample_seeds_make_a_batch_give_the_examples_of_its_halves(model, data, name):
+    x, t = data
+    attack = attacks(model)[name](steps=3, **({"warm_steps": 2} if name != "stadv" else {}))
+    seeds = torch.arange(100, 108)
+    whole = attack(x, t, seeds=seeds)
+    halves = [attack(x[i : i + 4], t[i : i + 4], seeds=seeds[i : i + 4]) for i in (0, 4)]
+    assert torch.allclose(whole.x_adv, torch.cat([h.x_adv for h in halves]), atol=1e-5)
+    swapped = attack(x.flip(0), t.flip(0), seeds=seeds.flip(0))  # each image keeps its seed
+    assert torch.allclose(swapped.x_adv.flip(0), whole.x_adv, atol=1e-5)
+    other = attack(x, t, seeds=seeds + 1)
+    assert not torch.allclose(other.x_adv, whole.x_adv, atol=1e-5)
+    with pytest.raises(ValueError, match="seeds"):
+        attack(x, t, seeds=seeds[:3])
+
+
 def test_registry_names_build_the_attacks(model):
     assert isinstance(build_attack("stadv", model), StAdv)
     assert isinstance(build_attack("adv2_stadv", model, CAM(model)), ADV2StAdv)

@@ -42,7 +42,9 @@ class Attack:
         alpha: step size (paper: 1/255).
         steps: number of iterations.
         seed: seed of the attack's random numbers (random start, random choices); the same seed
-            gives the same adversarial examples.
+            gives the same adversarial examples. A call with ``seeds`` (one per sample) draws each
+            sample's random numbers from ``seed`` and its own seed, so that a sample's result does not
+            depend on the rest of its batch; without, one draw serves the whole batch.
         progress: show a progress bar (off in tests and on non-zero ranks).
     """
 
@@ -69,12 +71,31 @@ class Attack:
         self.steps = int(steps)
         self.seed = seed
         self.progress = progress
+        self.sample_seeds: Tensor | None = None  # the current call's per-sample seeds, if any
 
     def generator(self, device: torch.device) -> torch.Generator:
         """A generator on ``device`` seeded with the attack's seed (fresh per call, so calls repeat)."""
         g = torch.Generator(device=device)
         g.manual_seed(0 if self.seed is None else int(self.seed))
         return g
+
+    def uniform(self, x: Tensor, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+        """Uniform noise in [0, 1) of shape (B, *shape) on x's device, in ``dtype`` (default x's).
+
+        With the call's per-sample ``seeds``, sample i's noise comes from a CPU generator seeded with
+        (``seed``, seeds[i]): the same on every device and whatever the batch. Without, one draw of
+        the attack's generator for the whole batch.
+        """
+        dtype = x.dtype if dtype is None else dtype
+        if self.sample_seeds is None:
+            return torch.rand((x.shape[0], *shape), generator=self.generator(x.device), device=x.device, dtype=dtype)
+        base = 0 if self.seed is None else int(self.seed)
+        g = torch.Generator()
+        out = []
+        for s in self.sample_seeds.tolist():
+            g.manual_seed((base * 2**32 + int(s)) % 2**63)
+            out.append(torch.rand(shape, generator=g, dtype=dtype))
+        return torch.stack(out).to(x.device) if out else x.new_empty((0, *shape), dtype=dtype)
 
     def check(self, x: Tensor, target: Tensor, target_map: Tensor | None = None) -> Tensor:
         """Validate inputs; return target as LongTensor (B,)."""
@@ -100,13 +121,30 @@ class Attack:
         """Project onto the ε-ball around x and the [0, 1] box."""
         return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
 
-    def __call__(self, x: Tensor, target: Tensor | int, target_map: Tensor | None = None) -> AttackResult:
-        """Attack images x (B, C, H, W) towards target classes (B,) (and, for ADV², target maps)."""
+    def __call__(
+        self, x: Tensor, target: Tensor | int, target_map: Tensor | None = None, seeds: Tensor | None = None
+    ) -> AttackResult:
+        """Attack images x (B, C, H, W) towards target classes (B,) (and, for ADV², target maps).
+
+        ``seeds`` (B,) integers, optional: per-sample seeds of the attack's random numbers (see
+        ``seed``); the evaluation callbacks pass the images' dataset indices.
+        """
         from aid.model_state import frozen_eval
 
         t = self.check(x, target, target_map)
-        with frozen_eval(*self.models()), torch.enable_grad():
-            return self._run(x.detach(), t, target_map)
+        if seeds is not None:
+            seeds = torch.as_tensor(seeds).long().flatten().cpu()
+            if seeds.numel() != x.shape[0]:
+                raise ValueError(f"seeds must hold one integer per image ({x.shape[0]}), got {seeds.numel()}")
+        parts = [self, *(a for a in vars(self).values() if isinstance(a, Attack))]  # e.g. the warm start
+        for part in parts:
+            part.sample_seeds = seeds
+        try:
+            with frozen_eval(*self.models()), torch.enable_grad():
+                return self._run(x.detach(), t, target_map)
+        finally:
+            for part in parts:
+                part.sample_seeds = None
 
     def models(self) -> list[torch.nn.Module]:
         """Modules to keep frozen in eval mode during the attack (classifier, interpreter models)."""

@@ -68,7 +68,7 @@ class PGD(Attack):
         """The first iterate: x itself, or a uniform point of the ε-ball (clamped to [0, 1])."""
         if not self.random_start:
             return x.detach().clone()
-        noise = torch.rand(x.shape, generator=self.generator(x.device), device=x.device, dtype=x.dtype)
+        noise = self.uniform(x, tuple(x.shape[1:]))
         return (x + (2 * noise - 1) * self.eps).clamp(0, 1).detach()
 
     def perturb(self, x: Tensor, target: Tensor, x_adv: Tensor | None = None) -> tuple[Tensor, Tensor]:

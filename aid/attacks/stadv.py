@@ -72,23 +72,18 @@ def prediction_loss(logits: Tensor, target: Tensor, kind: str) -> Tensor:
 
 
 class FlowOptimizer:
-    """Adam over a batch of flows (B, 2, H, W) with a seeded uniform start.
+    """Adam over a batch of flows (B, 2, H, W) with a uniform start.
 
     Adam is element-wise, so each sample's flow evolves independently of the rest of the batch.
 
     Args:
-        x: images (B, C, H, W) whose flow is optimised (shape, device).
+        noise: uniform noise in [0, 1) (B, 2, H, W) of the start (its device is the flow's).
         lr: Adam learning rate (paper: 0.01).
         amsgrad: AMSGrad variant (the authors' setting).
         init_range: flows start uniform in ±init_range pixels (authors: 0.1); 0 starts from zero.
-        generator: the random numbers of the start.
     """
 
-    def __init__(
-        self, x: Tensor, lr: float, amsgrad: bool, init_range: float, generator: torch.Generator
-    ) -> None:
-        b, _, h, w = x.shape
-        noise = torch.rand(b, 2, h, w, generator=generator, device=x.device)
+    def __init__(self, noise: Tensor, lr: float, amsgrad: bool, init_range: float) -> None:
         self.flow = ((2 * noise - 1) * init_range).requires_grad_(True)
         self.opt = torch.optim.Adam([self.flow], lr=lr, betas=(0.9, 0.999), amsgrad=amsgrad)
 
@@ -130,8 +125,9 @@ class StAdv(Attack):
         lr: Adam learning rate (default 0.01, Appendix B2).
         tau: flow-loss weight τ (default 0.0005, Table 11).
         loss: ``"ce"`` (cross-entropy to the target, default) or ``"cw"`` (the margin of Xiao et al.).
-        init_range: the uniform start in ±init_range pixels (default 0.1). The start is drawn for the
-            whole batch, so a sample's result depends on its position in the batch unless it is 0.
+        init_range: the uniform start in ±init_range pixels (default 0.1). Without per-sample
+            ``seeds`` in the call the start is one draw for the whole batch, so a sample's result then
+            depends on its position in the batch (unless init_range is 0).
         amsgrad: Adam's AMSGrad variant (default True, the authors' setting).
         seed: seed of the random start.
         progress: show a progress bar.
@@ -174,8 +170,9 @@ class StAdv(Attack):
         self.amsgrad = bool(amsgrad)
 
     def flow_optimizer(self, x: Tensor) -> FlowOptimizer:
-        """Adam over a fresh, seeded flow for images x."""
-        return FlowOptimizer(x, self.lr, self.amsgrad, self.init_range, self.generator(x.device))
+        """Adam over a fresh, seeded flow for images x (the start: :meth:`~aid.attacks.base.Attack.uniform`)."""
+        noise = self.uniform(x, (2, *x.shape[-2:]), dtype=torch.float32)
+        return FlowOptimizer(noise, self.lr, self.amsgrad, self.init_range)
 
     def perturb(
         self, x: Tensor, target: Tensor, opt: FlowOptimizer | None = None, best: BestIterate | None = None
@@ -335,7 +332,7 @@ class ADV2StAdv(StAdv):
         if target_map is None:
             target_map = benign_target_maps(self.interpreter, self.classifier, x)
         target_map = target_map.detach().to(x.dtype)
-        opt = self.warm.flow_optimizer(x)
+        opt = self.flow_optimizer(x)  # the warm start's settings are the attack's own
         if self.warm_steps > 0:
             self.warm.perturb(x, target, opt)
         follower = None
