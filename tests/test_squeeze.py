@@ -51,6 +51,24 @@ def test_median_of_a_constant_image_is_itself(k):
     assert torch.equal(build_squeezer("median", kernel_size=k)(x), x)
 
 
+# scipy.ndimage.median_filter(IMAGE, size=k, mode="reflect") (the feature-squeezing code's call), borders included.
+IMAGE = [[0.55, 0.72, 0.6, 0.54, 0.42], [0.65, 0.44, 0.89, 0.96, 0.38], [0.79, 0.53, 0.57, 0.93, 0.07],
+         [0.09, 0.02, 0.83, 0.78, 0.87]]
+SCIPY = {
+    2: [[0.55, 0.72, 0.72, 0.6, 0.54], [0.65, 0.65, 0.72, 0.89, 0.54], [0.79, 0.65, 0.57, 0.93, 0.93],
+        [0.79, 0.53, 0.57, 0.83, 0.87]],
+    3: [[0.55, 0.6, 0.6, 0.54, 0.42], [0.65, 0.6, 0.6, 0.57, 0.42], [0.53, 0.57, 0.78, 0.83, 0.78],
+        [0.09, 0.53, 0.78, 0.83, 0.87]],
+}
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_median_gives_scipy_median_filter_values_borders_included(k):
+    x = torch.tensor(IMAGE, dtype=torch.float64).expand(2, 3, 4, 5)
+    out = build_squeezer("median", kernel_size=k)(x)
+    assert torch.equal(out, torch.tensor(SCIPY[k], dtype=torch.float64).expand(2, 3, 4, 5))
+
+
 def test_median_removes_salt_and_pepper_dots():
     x = torch.full((1, 3, 16, 16), 0.5)
     noisy = x.clone()

@@ -22,7 +22,6 @@ import cv2
 import kornia.filters as KF
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from aid.registry import Registry
@@ -76,14 +75,27 @@ class BitDepth(Squeezer):
         return x + (self(x) - x).detach()
 
 
+def symmetric_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """Pad the last two dims of x by mirroring with the edge repeated (scipy's ``mode="reflect"``,
+    numpy's ``"symmetric"``: d c b a | a b c d | d c b a); each pad at most the image's side."""
+    h, w = x.shape[-2:]
+    if max(top, bottom) > h or max(left, right) > w:
+        raise ValueError(f"padding ({top}, {bottom}, {left}, {right}) exceeds the image ({h}×{w})")
+    parts = [x[..., :top, :].flip(-2), x, x[..., h - bottom :, :].flip(-2)]
+    x = torch.cat(parts, dim=-2)
+    return torch.cat([x[..., :left].flip(-1), x, x[..., x.shape[-1] - right :].flip(-1)], dim=-1)
+
+
 @SQUEEZERS.register("median")
 class Median(Squeezer):
-    """Local smoothing: a ``kernel_size`` × ``kernel_size`` median filter with reflected borders.
+    """Local smoothing: a ``kernel_size`` × ``kernel_size`` median filter, as scipy's ``median_filter``
+    with its default ``mode="reflect"`` that the feature-squeezing code uses.
 
-    Odd kernels use kornia's ``median_blur``; even kernels (the authors also tried 2×2) pad one pixel
-    less on the top/left, like scipy's ``median_filter`` used by the feature-squeezing code, and take
-    the lower middle value. The median selects one input value per window, so its gradient is exact
-    (a one-hot routing per output pixel): ``differentiable`` is True.
+    Same values as scipy, borders included: the image is mirrored with the edge pixel repeated, the
+    window of output pixel i covers i − k//2 … i + (k − 1)//2 (for the authors' 2×2 that is the pixel
+    and its upper-left neighbours), and the output is the sorted window's element k²//2 (the upper
+    middle for even k). The median selects one input value per window, so its gradient is exact (a
+    one-hot routing per output pixel): ``differentiable`` is True.
 
     Args:
         kernel_size: window size in pixels (default 3, Table 4's 3×3).
@@ -99,12 +111,10 @@ class Median(Squeezer):
 
     def __call__(self, x: Tensor) -> Tensor:
         k = self.kernel_size
-        if k % 2 == 1:
-            return KF.median_blur(x, (k, k), border_type="reflect")
-        lo, hi = (k - 1) // 2, k // 2
-        padded = F.pad(x, (lo, hi, lo, hi), mode="reflect")
-        windows = padded.unfold(2, k, 1).unfold(3, k, 1)  # (B, C, H, W, k, k)
-        return windows.flatten(-2).median(dim=-1).values
+        before, after = k // 2, (k - 1) // 2
+        padded = symmetric_pad(x, before, after, before, after)
+        windows = padded.unfold(2, k, 1).unfold(3, k, 1).flatten(-2)  # (B, C, H, W, k²)
+        return windows.sort(dim=-1).values[..., (k * k) // 2]
 
 
 @SQUEEZERS.register("nlm")
