@@ -44,6 +44,9 @@ def main() -> None:
         callbacks=[
             ReportWriter(out),
             ADV2Evaluation(interpreters=["cam", "rts"], attacks=["pgd", "adv2"], attack_kwargs=attacks, **common),
+            # Random-patch targets and StAdv's random start: drawn per image, whatever the process.
+            ADV2Evaluation(interpreters=["rts"], attacks=["adv2", "stadv"], target_map="patch", prefix="patch",
+                           attack_kwargs={**attacks, "stadv": {"steps": 3, "lr": 0.1}}, **common),
             LocalizationEvaluation(interpreters=["grad", "rts"], **common),
         ],
     )

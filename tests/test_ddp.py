@@ -26,8 +26,9 @@ def test_two_process_ddp_evaluation_matches_one_process_and_counts_each_image_on
     # 7 images: rank 0 gets 4, rank 1 gets 3 (uneven shares must not hang) and together they count 7.
     assert a["adv2/images"] == b["adv2/images"] == 7
     assert a["localization/images"] == b["localization/images"] == 7
-    keys = [k for k in a if k.startswith(("adv2/", "localization/"))]
-    assert len(keys) > 20
+    assert a["patch/images"] == b["patch/images"] == 7
+    keys = [k for k in a if k.startswith(("adv2/", "localization/", "patch/"))]
+    assert len(keys) > 30 and "patch/rts/adv2/l1_target" in keys and "patch/rts/stadv/l1" in keys
     for k in keys:
         if math.isnan(a[k]) if a[k] is not None else True:
             assert b[k] is None or math.isnan(b[k]), k

@@ -164,6 +164,10 @@ def test_registry_names_build_the_attacks(model):
         StAdv(model, loss="l2")
     with pytest.raises(ValueError, match="select"):
         StAdv(model, select="first")
+    with pytest.raises(ValueError, match="lr"):
+        StAdv(model, lr=0)
+    with pytest.raises(ValueError, match="lam_enc"):
+        ADV2StAdv(model, CAM(model), lam_enc=-1)
 
 
 

@@ -157,8 +157,8 @@ class StAdv(Attack):
         progress: bool = False,
         select: str = "last",
     ) -> None:
+        _check_flow_args(lr, tau, loss, init_range)  # before the base class reads lr as its alpha
         super().__init__(classifier, eps=1.0, alpha=lr, steps=steps, seed=seed, progress=progress)
-        _check_flow_args(lr, tau, loss, init_range)
         if select not in ("last", "min_flow"):
             raise ValueError(f"select must be 'last' or 'min_flow', got {select!r}")
         self.select = select
@@ -301,6 +301,8 @@ class ADV2StAdv(StAdv):
         super().__init__(classifier, steps, lr, tau, loss, init_range, amsgrad, seed, progress)
         if int(warm_steps) < 0:
             raise ValueError(f"warm_steps must be >= 0, got {warm_steps}")
+        if lam_enc < 0:
+            raise ValueError(f"lam_enc must be >= 0, got {lam_enc}")
         if lam is not None:
             check_schedule("lam", lam, 0.0, float("inf"))
         check_schedule("smoothing", smoothing, 0.0, 0.999)
