@@ -50,9 +50,20 @@ def resolve_config(name: str) -> Path:
     raise SystemExit(f"config {name!r} not found (as a path or under {CONFIG_DIR}); available: {', '.join(available)}")
 
 
+def global_rank() -> int:
+    """This process's rank from the launcher's environment (torchrun, SLURM's srun, LSF's jsrun), 0 alone.
+
+    Read before Lightning starts, so from the same variables it reads: a global rank first, a node-local
+    one last."""
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK"):
+        if os.environ.get(key, "").strip().isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def run_prerequisites(prereqs: list[dict[str, Any]]) -> None:
     """Train each missing prerequisite checkpoint with its config, in order, in a child process."""
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    rank = global_rank()
     for item in prereqs or []:
         ckpt = Path(item["checkpoint"])
         if ckpt.is_file():

@@ -40,6 +40,8 @@ class OfflineWandbLogger(WandbLogger):
         )
         if not online:
             kwargs.pop("log_model", None)  # offline runs cannot upload models
+        else:
+            kwargs.setdefault("mode", "online")  # wandb.init's argument beats a WANDB_MODE of the environment
         super().__init__(
             save_dir=save_dir, project=project, name=name, offline=not online, settings=settings, **kwargs
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics import Metric
 
 from aid.metrics import Localization, MapDistance
@@ -17,8 +18,9 @@ class LocalizationEvaluation(EvaluationCallback):
 
     iou: IoU of the map binarised at the object's own area with the object mask; energy: share of the
     map's mass inside the object (see :func:`aid.metrics.localization`). Needs a datamodule with masks
-    (the shapes data). With ``compare`` (e.g. ``["rts", "rtsa"]``) it also logs the benign L1 between
-    the two interpreters' maps as ``localization/<a>_vs_<b>/l1``.
+    (the shapes data); images whose mask is empty do not count (NaN, with a warning, when none has
+    one). With ``compare`` (e.g. ``["rts", "rtsa"]``) it also logs the benign L1 between the two
+    interpreters' maps as ``localization/<a>_vs_<b>/l1``.
 
     Args:
         interpreters: interpreter names (module's own or registry names).
@@ -44,6 +46,11 @@ class LocalizationEvaluation(EvaluationCallback):
         self.compare = list(compare) if compare else None
 
     def evaluate(self, trainer, pl_module, classifier, batches: list[EvalBatch]) -> dict[str, Metric]:
+        if self.interpreters and not getattr(trainer.datamodule, "has_masks", True):
+            rank_zero_warn(
+                "LocalizationEvaluation: the data has no ground-truth object masks, so localization/* is NaN; "
+                "give the data masks (ImageFolderDataModule's mask_root) or drop the callback"
+            )
         names = list(dict.fromkeys(self.interpreters + (self.compare or [])))
         interps = resolve_interpreters(pl_module, names, self.interpreter_kwargs)
         locs = {n: Localization().to(pl_module.device) for n in self.interpreters}
@@ -53,8 +60,8 @@ class LocalizationEvaluation(EvaluationCallback):
                 maps = {}
                 for n in names:
                     maps[n] = benign_maps(trainer, n, interps[n], batch)
-                    if n in locs:
-                        locs[n].update(maps[n], batch.mask)
+                    if n in locs:  # images without a ground-truth mask (all zero) do not count
+                        locs[n].update(maps[n], batch.mask, valid_mask=batch.mask.flatten(1).any(dim=1))
                     bar.update(1)
                 if cmp is not None:
                     cmp.update(maps[self.compare[0]], maps[self.compare[1]])

@@ -78,3 +78,18 @@ def test_unknown_config_name_lists_the_available_ones(tmp_path):
     res = run_script([str(ROOT / "train.py"), "--config", "nope.yaml"], cwd=tmp_path, timeout=120)
     assert res.returncode != 0
     assert "classifier.yaml" in res.stderr + res.stdout
+
+
+@pytest.mark.parametrize("env, rank", [({}, 0), ({"RANK": "3", "LOCAL_RANK": "1"}, 3),
+                                       ({"SLURM_PROCID": "5", "LOCAL_RANK": "0"}, 5), ({"LOCAL_RANK": "2"}, 2)])
+def test_prerequisites_are_made_by_the_launchers_global_rank_zero(monkeypatch, env, rank):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert train.global_rank() == rank

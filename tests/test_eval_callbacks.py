@@ -17,6 +17,7 @@ from aid.models import build_classifier
 from callbacks import (
     ADV2Evaluation,
     ImageGrids,
+    LocalizationEvaluation,
     NoiseSensitivity,
     ReportWriter,
     SqueezeDetection,
@@ -185,6 +186,40 @@ def test_random_patch_targets_do_not_depend_on_the_batch_size(model, tmp_path):
         assert whole[f"adv2/rts/adv2/{key}"] == pytest.approx(halves[f"adv2/rts/adv2/{key}"], abs=1e-5)
     with pytest.raises(ValueError, match="target_map"):
         ADV2Evaluation(target_map="random_class")
+
+
+class _ZeroMasks(torch.utils.data.Dataset):
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y, m = self.base[i]
+        return x, y, torch.zeros_like(m)
+
+
+class NoMaskShapes(ShapesDataModule):
+    """The shapes data as a folder of images without masks would give it: all-zero masks."""
+
+    has_masks = False
+
+    def val_dataloader(self):
+        loader = super().val_dataloader()
+        return torch.utils.data.DataLoader(_ZeroMasks(loader.dataset), batch_size=loader.batch_size)
+
+
+def test_localization_without_ground_truth_masks_is_nan_with_a_warning(model, tmp_path):
+    cb = LocalizationEvaluation(interpreters=["grad", "rts"], **COMMON)
+    trainer = pl.Trainer(inference_mode=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1, callbacks=[ReportWriter(str(tmp_path)), cb])
+    dm = NoMaskShapes(image_size=32, num_classes=4, train_size=64, val_size=64, test_size=64, batch_size=32)
+    with pytest.warns(UserWarning, match="no ground-truth object masks"):
+        trainer.validate(model, datamodule=dm)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("localization/grad/iou", "localization/rts/energy"):
+        assert summary[key] is None or math.isnan(summary[key])  # not the 1.0 that empty masks gave
 
 
 # ----- squeeze detection ---------------------------------------------------------------------------

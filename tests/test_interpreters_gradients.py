@@ -242,6 +242,7 @@ def test_interpreters_leave_the_model_as_they_found_it(tiny_classifier, name, kw
     modes = {n: m.training for n, m in model.named_modules()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     stats = {n: b.clone() for n, b in model.named_buffers()}
+    relus = (F.relu, F.relu_, torch.relu, torch.relu_)
     maps = build_interpreter(name, model, **kwargs)(x.clone().requires_grad_(create_graph), t, create_graph)
     # BatchNorm ran with its running statistics (eval mode), which did not move.
     torch.testing.assert_close(maps.detach(), reference, atol=1e-5, rtol=0)
@@ -250,7 +251,8 @@ def test_interpreters_leave_the_model_as_they_found_it(tiny_classifier, name, kw
     assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())
     assert all(p.grad is None for p in model.parameters())
     assert _hooks(model) == []
-    assert F.relu is torch.nn.functional.relu and not any(isinstance(m, SmoothReLU) for m in model.modules())
+    assert (F.relu, F.relu_, torch.relu, torch.relu_) == relus  # the smooth-ReLU patch did not leak
+    assert not any(isinstance(m, SmoothReLU) for m in model.modules())
 
 
 @pytest.mark.parametrize("guard", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])

@@ -52,3 +52,13 @@ def test_check_images_rejects_images_too_small_for_the_model():
     model = build_classifier("resnet10t", num_classes=3, channels=[8, 16, 32, 64])
     with pytest.raises(ValueError, match="at least"):
         check_images(torch.rand(1, 3, 4, 32), model)
+
+
+def test_cam_family_on_a_vision_transformer_explains_what_it_needs():
+    from aid.interpreters import build_interpreter
+
+    vit = build_classifier("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=8)
+    with pytest.raises(ValueError, match="global average pooling"):
+        build_interpreter("cam", vit)
+    with pytest.raises(ValueError, match="convolutional feature map"):
+        build_interpreter("gradcam", vit)(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))

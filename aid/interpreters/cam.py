@@ -54,13 +54,15 @@ class CAM(Interpreter):
     def __init__(self, classifier: NormalizedClassifier, relu: bool = False) -> None:
         super().__init__(classifier)
         classifier.linear_head  # noqa: B018  (raises TypeError early if the head is not linear)
-        pool = getattr(getattr(classifier.backbone, "global_pool", None), "pool_type", "avg")
+        gp = getattr(classifier.backbone, "global_pool", None)
+        pool = gp if isinstance(gp, str) else getattr(gp, "pool_type", "avg")  # timm ViTs name it: "token"
         if pool != "avg":
             raise ValueError(f"CAM needs global average pooling before the linear head, got {pool!r}")
         self.relu = bool(relu)
 
     def from_features(self, feats: Tensor, target: Tensor, size: tuple[int, int]) -> Tensor:
         """Normalised CAMs (B, 1, *size) from the last feature map (B, D, h, w) of the classifier."""
+        check_feature_map(feats, "CAM")
         w = self.classifier.linear_head.weight[target].to(feats.dtype)  # (B, D)
         cams = torch.einsum("bd,bdhw->bhw", w, feats)[:, None]
         if self.relu:
@@ -70,6 +72,13 @@ class CAM(Interpreter):
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
         with torch.set_grad_enabled(create_graph):
             return self.from_features(self.classifier.features(x), target, x.shape[-2:])
+
+
+def check_feature_map(feats: Tensor, who: str) -> None:
+    """Raise a ValueError unless ``feats`` is a CNN feature map (B, D, h, w) (a ViT gives tokens)."""
+    if feats.dim() != 4:
+        raise ValueError(f"{who} needs a convolutional feature map (B, D, h, w) from classifier.features, got "
+                         f"shape {tuple(feats.shape)} (a transformer's tokens?); use grad, ig or rts instead")
 
 
 @INTERPRETERS.register("gradcam")
@@ -135,6 +144,7 @@ class GradCAM(Interpreter):
                 feats = feats.detach().requires_grad_(True)
             else:
                 feats = self.classifier.features(x)
+            check_feature_map(feats, "Grad-CAM")
             return feats, class_score(self.classifier.head(feats), target, self.score)
         captured: list[Tensor] = []
 

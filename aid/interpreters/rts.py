@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aid.checkpoints import load_checkpoint
 from aid.interpreters.base import INTERPRETERS, Interpreter
 from aid.interpreters.presence import EncoderPresence, PresenceHead
 from aid.model_state import frozen_eval
@@ -289,7 +290,7 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
     weights of a presence head (an AID checkpoint with ``presence``) give a masker without one a head
     of their width first.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)  # weights only; clear errors for missing or unsafe files
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
