@@ -32,7 +32,7 @@ def merged_kwargs(table: dict[str, dict[str, Any]], attack: str, interpreter: st
 
 def benign_maps(trainer: pl.Trainer, name: str, interp: Interpreter, batch: EvalBatch) -> Tensor:
     """Maps of the benign images for their true (= predicted) class, cached for the round."""
-    key = ("benign", name, interpreter_key(interp), batch_key(batch.index))
+    key = ("benign", name, interpreter_key(interp), batch_key(batch))
     return cached(trainer, key, lambda: interp(batch.x, batch.y).detach())
 
 
@@ -61,7 +61,7 @@ def run_attack(
     # The settings are part of the key: callbacks with different attack or interpreter settings never
     # share examples.
     interp_id = (interp_name, interpreter_key(interp)) if interp is not None else None
-    key = ("attack", attack, interp_id, target_kind, settings_key(kwargs), batch_key(batch.index))
+    key = ("attack", attack, interp_id, target_kind, settings_key(kwargs), batch_key(batch))
     return cached(trainer, key, compute)
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import pytorch_lightning as pl
-from torch import Tensor
 
 _ATTR = "_aid_eval_cache"
 
@@ -29,9 +28,9 @@ def cached(trainer: pl.Trainer, key: tuple[Hashable, ...], compute: Callable[[],
     return cache[key]
 
 
-def batch_key(index: Tensor) -> tuple[int, ...]:
-    """A hashable identity of a batch: its dataset indices."""
-    return tuple(int(i) for i in index.tolist())
+def batch_key(batch: Any) -> tuple[Hashable, ...]:
+    """A hashable identity of an evaluation batch: its split, dataset indices and target classes."""
+    return (batch.split, tuple(batch.index.tolist()), tuple(batch.target.tolist()))
 
 
 def settings_key(settings: dict[str, Any]) -> str:

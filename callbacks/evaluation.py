@@ -35,7 +35,8 @@ class EvalBatch:
         x: images (B, C, H, W) in [0, 1]; y: true labels (B,); mask: ground-truth object masks
         (B, 1, H, W) (zeros where the data has none); target: attack target classes (B,), never
         equal to y; index: the images' indices in the dataset (B,); target_map: attack target maps
-        (B, 1, H, W) when the callback draws them with the selection (random patches), else None.
+        (B, 1, H, W) when the callback draws them with the selection (random patches), else None;
+        split: the dataset split the images come from.
     """
 
     x: Tensor
@@ -44,6 +45,7 @@ class EvalBatch:
     target: Tensor
     index: Tensor
     target_map: Tensor | None = None
+    split: str = ""
 
 
 def _dataset(trainer: pl.Trainer, split: str):
@@ -185,7 +187,7 @@ class EvaluationCallback(Callback):
         share = {k: v[rank::world] for k, v in sel.items()}
         n = len(share["y"])
         for start in range(0, n, self.batch_size):
-            yield EvalBatch(**{k: v[start : start + self.batch_size] for k, v in share.items()})
+            yield EvalBatch(**{k: v[start : start + self.batch_size] for k, v in share.items()}, split=split)
 
     def bar(self, trainer: pl.Trainer, total: int, desc: str) -> tqdm:
         """A progress bar shown on rank zero only, when ``progress`` is on."""
@@ -234,6 +236,13 @@ def resolve_interpreters(
         if name in own:
             out[name] = own[name]
         else:
+            if name in ("rts", "rtsa") and not {"checkpoint", "masker"} & set(kwargs.get(name, {})):
+                # The registry's RTS has a randomly initialised masker: its maps would mean nothing.
+                raise ValueError(
+                    f"interpreter {name!r}: the module has no trained masker of that name (set model.rts_ckpt "
+                    f"/ model.rtsa_ckpt), and interpreter_kwargs give no checkpoint; drop {name!r} from the "
+                    "callback's interpreters or give interpreter_kwargs {name: {checkpoint: ...}}"
+                )
             out[name] = build_interpreter(name, pl_module.classifier, **kwargs.get(name, {}))
             out[name].cache_tag = settings_key(kwargs.get(name, {}))
     return out

@@ -12,7 +12,7 @@ from aid.attacks import AttackResult
 from aid.interpreters import Interpreter
 from aid.metrics import MapDistance
 from callbacks.adv2 import benign_maps, merged_kwargs, run_attack
-from callbacks.attack_cache import batch_key, cached
+from callbacks.attack_cache import batch_key, cached, interpreter_key
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
 
@@ -45,7 +45,8 @@ def adversarial_maps(
     cached for the round (the attacked interpreter's own maps come with the attack result)."""
     if source == name and result.maps is not None:
         return result.maps
-    key = ("adversarial maps", name, source, batch_key(batch.index))
+    # ``result`` is held by the round's cache, so its id names these examples (whatever their settings).
+    key = ("adversarial maps", name, interpreter_key(interp), id(result), batch_key(batch))
     return cached(trainer, key, lambda: interp(result.x_adv, batch.target).detach())
 
 

@@ -156,6 +156,19 @@ def test_adv2_transfer_and_grids_share_adversarial_examples_of_a_round(model, tm
     assert summary["transfer/rts/rts/l1"] == pytest.approx(summary["adv2/rts/adv2/l1"])
 
 
+def test_cache_keys_tell_batches_of_other_splits_and_targets_apart():
+    from callbacks.attack_cache import batch_key
+    from callbacks.evaluation import EvalBatch
+
+    def batch(split, target):
+        x = torch.zeros(2, 3, 4, 4)
+        return EvalBatch(x, torch.tensor([0, 1]), x[:, :1], torch.tensor(target), torch.tensor([5, 9]), split=split)
+
+    assert batch_key(batch("val", [1, 2])) == batch_key(batch("val", [1, 2]))
+    assert batch_key(batch("val", [1, 2])) != batch_key(batch("test", [1, 2]))
+    assert batch_key(batch("val", [1, 2])) != batch_key(batch("val", [2, 3]))
+
+
 def test_callbacks_with_differently_built_interpreters_do_not_share_maps_or_examples(model, tmp_path, monkeypatch):
     calls = []
     real = adv2_module.build_attack
@@ -220,6 +233,15 @@ def test_localization_without_ground_truth_masks_is_nan_with_a_warning(model, tm
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("localization/grad/iou", "localization/rts/energy"):
         assert summary[key] is None or math.isnan(summary[key])  # not the 1.0 that empty masks gave
+
+
+def test_rts_without_a_trained_masker_is_refused_instead_of_a_random_one():
+    from aid.modules.evaluation import EvaluationModule
+    from callbacks.evaluation import resolve_interpreters
+
+    module = EvaluationModule(arch="resnet10t", num_classes=4)
+    with pytest.raises(ValueError, match="rts_ckpt"):
+        resolve_interpreters(module, ["grad", "rts"])
 
 
 # ----- squeeze detection ---------------------------------------------------------------------------
