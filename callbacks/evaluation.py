@@ -10,7 +10,7 @@ here; every rank calls every ``compute`` in the same order, and only rank zero w
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pytorch_lightning as pl
@@ -36,7 +36,8 @@ class EvalBatch:
         (B, 1, H, W) (zeros where the data has none); target: attack target classes (B,), never
         equal to y; index: the images' indices in the dataset (B,); target_map: attack target maps
         (B, 1, H, W) when the callback draws them with the selection (random patches), else None;
-        split: the dataset split the images come from.
+        split: the dataset split the images come from; extra: other per-image tensors that a callback
+        adds to its selection (e.g. noise), by name.
     """
 
     x: Tensor
@@ -46,6 +47,10 @@ class EvalBatch:
     index: Tensor
     target_map: Tensor | None = None
     split: str = ""
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+BATCH_FIELDS = {f.name for f in fields(EvalBatch)}
 
 
 def _dataset(trainer: pl.Trainer, split: str):
@@ -187,7 +192,9 @@ class EvaluationCallback(Callback):
         share = {k: v[rank::world] for k, v in sel.items()}
         n = len(share["y"])
         for start in range(0, n, self.batch_size):
-            yield EvalBatch(**{k: v[start : start + self.batch_size] for k, v in share.items()}, split=split)
+            part = {k: v[start : start + self.batch_size] for k, v in share.items()}
+            extra = {k: part.pop(k) for k in list(part) if k not in BATCH_FIELDS}
+            yield EvalBatch(**part, split=split, extra=extra)
 
     def bar(self, trainer: pl.Trainer, total: int, desc: str) -> tqdm:
         """A progress bar shown on rank zero only, when ``progress`` is on."""

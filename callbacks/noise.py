@@ -155,6 +155,20 @@ class NoiseSensitivity(EvaluationCallback):
             out[kind] = calibrate_sigma(classifier, x, unit_noise(x, kind, gen), rates, chunk=self.batch_size)
         return out
 
+    def select(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict[str, Tensor]:
+        """The selection of :class:`EvaluationCallback` with each image's unit noise of every kind
+        (``noise_<k>``): drawn once for the whole selection on the CPU, so an image's noise does not
+        depend on the batch size, the number of processes or the device. The seed is ``seed`` + 7919·k +
+        the first selected image's dataset index (the draw that one batch of the whole selection made
+        before)."""
+        sel = super().select(trainer, pl_module, split)
+        if len(sel["index"]):
+            x = sel["x"].cpu()
+            for k, kind in enumerate(self.noises):
+                gen = torch.Generator().manual_seed(self.seed + 7919 * k + int(sel["index"][0]))
+                sel[f"noise_{k}"] = unit_noise(x, kind, gen).to(sel["x"].device)
+        return sel
+
     def evaluate(self, trainer, pl_module, classifier, batches: list[EvalBatch]) -> dict[str, Metric]:
         device = pl_module.device
         interps = resolve_interpreters(pl_module, self.interpreters, self.interpreter_kwargs)
@@ -176,9 +190,7 @@ class NoiseSensitivity(EvaluationCallback):
             for batch in batches:
                 clean = {n: benign_maps(trainer, n, interp, batch) for n, interp in interps.items()}
                 for k, (kind, sigma) in enumerate(sigmas.items()):
-                    seed = self.seed + 7919 * k + int(batch.index[0])
-                    gen = torch.Generator(device=device).manual_seed(seed)
-                    z = unit_noise(batch.x, kind, gen)  # one draw for all levels of this noise
+                    z = batch.extra[f"noise_{k}"]  # one draw for all levels of this noise
                     for rate, s in zip(self.target_rates, sigma, strict=True):
                         x_noisy = (batch.x + s * z).clamp(0, 1)
                         pred = predict(classifier, x_noisy, self.batch_size)

@@ -128,6 +128,19 @@ def test_noise_sensitivity_logs_sigma_misclassification_and_map_distances(model,
     assert "## Noise sensitivity" in report and "| rtsa |" in report
 
 
+def test_noise_sensitivity_does_not_depend_on_the_batch_size(model, tmp_path):
+    def run(batch_size, out):
+        out.mkdir()
+        kw = {**COMMON, "batch_size": batch_size}
+        cb = NoiseSensitivity(interpreters=["grad", "rts"], calibration_images=64, **kw)
+        return {k: v for k, v in validate(model, out, cb)[0].items() if k.startswith("noise/")}
+
+    whole, halves = run(8, tmp_path / "one"), run(4, tmp_path / "two")
+    assert len(whole) > 20 and whole.keys() == halves.keys()
+    for key, value in whole.items():
+        assert halves[key] == pytest.approx(value, abs=1e-5), key
+
+
 # ----- transferability and the shared attack cache -------------------------------------------------
 
 
