@@ -130,6 +130,19 @@ def test_aid_cosine_schedule_decays_the_learning_rate_once_per_batch(tmp_path):
         RTSModule(str(ckpt), lr_schedule="linear")
 
 
+def test_aid_cosine_schedule_ends_at_zero_when_max_steps_counts_two_steps_per_attacked_batch(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    attack = {"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1}
+    module = AIDModule(str(ckpt), lr=1e-3, lr_schedule="cosine", attack_kwargs=attack, attack_every_n_steps=2)
+    batches = []
+    module.on_train_batch_end = lambda outputs, batch, batch_idx: batches.append(batch_idx)
+    # Batches 0 and 2 attack (two optimiser steps each), 1 and 3 do not: 6 optimiser steps in 4 batches.
+    trainer = fit(module, steps=6)
+    assert len(batches) == 4 and trainer.global_step == 6
+    assert trainer.lr_scheduler_configs[0].scheduler.T_max == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     rts = RTSModule(str(ckpt))

@@ -28,6 +28,7 @@ doubts the class (README: benign L1 0.018 instead of 0.049, ADV² 6.8× instead 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -176,6 +177,19 @@ class AIDModule(RTSModule):
         if self.reference is not None:
             out["rts"] = RTSInterpreter(self.classifier, masker=self.reference)
         return out
+
+    def scheduled_batches(self) -> int:
+        """Training batches of the run (one scheduler step each). Lightning's ``global_step`` and
+        ``max_steps`` count optimiser steps, two on a batch with ADV² (every ``attack_every_n_steps``-th)
+        and one on the others, so ``max_steps`` allows about max_steps / (1 + 1/n) batches."""
+        trainer = self.trainer
+        estimate = int(trainer.estimated_stepping_batches)  # also sets up the train dataloader
+        if trainer.max_steps is None or trainer.max_steps < 0:
+            return estimate
+        by_steps = math.ceil(trainer.max_steps / (1 + 1 / self.hparams.attack_every_n_steps))
+        batches, epochs = trainer.num_training_batches, trainer.max_epochs
+        by_epochs = epochs * batches if epochs is not None and epochs > 0 and math.isfinite(batches) else math.inf
+        return int(min(by_steps, by_epochs))
 
     def adversarial(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """ADV² examples against the current masker: (x_adv, target classes, success mask)."""

@@ -30,8 +30,8 @@ class RTSModule(pl.LightningModule):
         destroy_power (λ4), preserver, destroyer: the terms of ℓ_int (see ``RTSLoss``).
         seed: seed of the blend operator's random references (and of the fake labels).
         lr_schedule: ``"constant"`` (default) or ``"cosine"``: cosine decay from ``lr`` to 0 over the
-            run's optimiser steps (``trainer.estimated_stepping_batches``), so the last weights are not
-            those of a full-size step.
+            run's training batches (:meth:`scheduled_batches`; AID steps its optimiser twice on a batch
+            with ADV² but the schedule once), so the last weights are not those of a full-size step.
         fake_label_prob: share of images whose class is replaced by a random other class that the image
             does not show, with only the area and smoothness terms for them (Dabkowski & Gal's fake
             labels): the masker learns to answer "absent" (an empty mask) when its selector asks for
@@ -158,10 +158,14 @@ class RTSModule(pl.LightningModule):
         trainable parameters."""
         return [{"params": [p for p in self.masker.parameters() if p.requires_grad]}]
 
+    def scheduled_batches(self) -> int:
+        """Training batches of the run, the cosine schedule's length: Lightning's estimate (one
+        optimiser step per batch)."""
+        return int(self.trainer.estimated_stepping_batches)
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.param_groups(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.get("lr_schedule", "constant") == "constant":
             return opt
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.scheduled_batches(), 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
