@@ -248,7 +248,7 @@ def resolve_interpreters(
                 raise ValueError(
                     f"interpreter {name!r}: the module has no trained masker of that name (set model.rts_ckpt "
                     f"/ model.rtsa_ckpt), and interpreter_kwargs give no checkpoint; drop {name!r} from the "
-                    "callback's interpreters or give interpreter_kwargs {name: {checkpoint: ...}}"
+                    f"callback's interpreters or give interpreter_kwargs {{{name}: {{checkpoint: PATH}}}}"
                 )
             out[name] = build_interpreter(name, pl_module.classifier, **kwargs.get(name, {}))
             out[name].cache_tag = settings_key(kwargs.get(name, {}))
