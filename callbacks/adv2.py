@@ -162,13 +162,10 @@ class ADV2Evaluation(EvaluationCallback):
 
     def select(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict[str, Tensor]:
         """The selection of :class:`EvaluationCallback`, with each image's random patch when
-        ``target_map="patch"``: drawn once for the whole selection on the CPU, so an image's patch does
-        not depend on the batch size, the number of processes or the device. The generator's seed is
-        ``seed`` + the first selected image's dataset index, which gives the patches that one batch
-        holding the whole selection drew before."""
+        ``target_map="patch"``, drawn once for the whole selection (:meth:`selection_generator`)."""
         sel = super().select(trainer, pl_module, split)
         if self.target_map == "patch" and len(sel["index"]):
-            gen = torch.Generator().manual_seed(self.seed + int(sel["index"][0]))
+            gen = self.selection_generator(sel)
             patches = random_patch_maps(len(sel["index"]), tuple(sel["x"].shape[-2:]), generator=gen)
             sel["target_map"] = patches.to(sel["x"])
         return sel

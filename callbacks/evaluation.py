@@ -185,6 +185,13 @@ class EvaluationCallback(Callback):
             "index": torch.cat(chosen),
         }
 
+    def selection_generator(self, selection: dict[str, Tensor], offset: int = 0) -> torch.Generator:
+        """A CPU generator for random numbers drawn once for the whole ``selection`` (so an image's draw
+        does not depend on the batch size, the number of processes or the device), seeded with ``seed`` +
+        ``offset`` + the first selected image's dataset index (what one batch of the whole selection
+        used before these draws moved here)."""
+        return torch.Generator().manual_seed(self.seed + offset + int(selection["index"][0]))
+
     def batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> Iterator[EvalBatch]:
         """This rank's share of the selection, in batches of ``batch_size``."""
         sel = self.select(trainer, pl_module, split)

@@ -157,15 +157,12 @@ class NoiseSensitivity(EvaluationCallback):
 
     def select(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> dict[str, Tensor]:
         """The selection of :class:`EvaluationCallback` with each image's unit noise of every kind
-        (``noise_<k>``): drawn once for the whole selection on the CPU, so an image's noise does not
-        depend on the batch size, the number of processes or the device. The seed is ``seed`` + 7919·k +
-        the first selected image's dataset index (the draw that one batch of the whole selection made
-        before)."""
+        (``noise_<k>``), drawn once for the whole selection (:meth:`selection_generator`)."""
         sel = super().select(trainer, pl_module, split)
         if len(sel["index"]):
             x = sel["x"].cpu()
             for k, kind in enumerate(self.noises):
-                gen = torch.Generator().manual_seed(self.seed + 7919 * k + int(sel["index"][0]))
+                gen = self.selection_generator(sel, offset=7919 * k)
                 sel[f"noise_{k}"] = unit_noise(x, kind, gen).to(sel["x"].device)
         return sel
 
