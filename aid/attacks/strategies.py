@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aid.hooked import HookedEncoder
 from aid.interpreters.base import Interpreter, build_interpreter
 from aid.model_state import frozen_eval
+from aid.models import Classifier
 from aid.registry import Registry
 
 
@@ -100,7 +102,7 @@ class InterpretationLoss:
         return self(x_adv, target, target_map), self.extra_loss(x_adv, target)
 
     def logits_and_losses(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: Classifier | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(logits (B, K) of ``classifier``, ℓ_int (B,), extra loss (B,)) of x_adv, all differentiable.
 
@@ -111,7 +113,7 @@ class InterpretationLoss:
         classifier = self.interpreter.classifier if classifier is None else classifier
         return classifier(x_adv), *self.losses(x_adv, target, target_map)
 
-    def shares_classifier(self, classifier: nn.Module | None) -> bool:
+    def shares_classifier(self, classifier: Classifier | None) -> bool:
         """Whether the attacked model is the interpreter's own classifier (a shared pass is then exact)."""
         return classifier is None or classifier is self.interpreter.classifier
 
@@ -128,24 +130,24 @@ class CAMLoss(InterpretationLoss):
     """ℓ_int against CAM (§3.3): the generic loss on the CAM, with the logits from the same pass.
 
     CAM is computed from the last feature map, and the classifier's logits are the pooled linear head
-    on that same map, so one backbone pass serves ℓ_prd and ℓ_int (a separate classifier pass would
-    double the cost of an ADV² step). Falls back to the generic two passes for an interpreter that is
-    not :class:`~aid.interpreters.cam.CAM` (e.g. a subclass that reads another layer).
+    on that same map, so one backbone pass (``classifier.features_and_logits``) serves ℓ_prd and ℓ_int
+    (a separate classifier pass would double the cost of an ADV² step). Falls back to the generic two
+    passes for an interpreter that is not :class:`~aid.interpreters.cam.CAM` (e.g. a subclass that reads
+    another layer).
     """
 
     name = "cam"
 
     def logits_and_losses(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: Classifier | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         from aid.interpreters.cam import CAM
 
         if type(self.interpreter) is not CAM or not self.shares_classifier(classifier):
             return super().logits_and_losses(x_adv, target, target_map, classifier)
-        clf = self.interpreter.classifier
-        feats = clf.features(x_adv)
+        feats, logits = self.interpreter.classifier.features_and_logits(x_adv)
         maps = self.interpreter.from_features(feats, target, x_adv.shape[-2:])
-        return clf.head(feats), map_mse(maps, target_map, self.pool), self.extra_loss(x_adv, target)
+        return logits, map_mse(maps, target_map, self.pool), self.extra_loss(x_adv, target)
 
 
 @STRATEGIES.register("grad")
@@ -201,7 +203,7 @@ class GradLoss(InterpretationLoss):
         return self.smooth.attribute(x_adv, target, create_graph=True)
 
     def logits_and_losses(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: Classifier | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         # The smooth pass's forward is the ReLU network's own, so its logits are exactly the
         # classifier's: ℓ_prd reuses them instead of a second forward and backward. Only the backward
@@ -272,7 +274,7 @@ class RTSLoss(InterpretationLoss):
         return map_mse(mask, target_map, self.pool), extra
 
     def logits_and_losses(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: nn.Module | None = None
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, classifier: Classifier | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         # RTS's encoder is by default an exact (frozen) copy of the classifier's backbone: its logits are
         # then the classifier's, and one masker pass serves ℓ_prd, ℓ_int and ℓ_enc. A trained or
@@ -288,15 +290,19 @@ class RTSLoss(InterpretationLoss):
 _SAME_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def encoder_is_classifier(masker: nn.Module, classifier: nn.Module) -> bool:
+def encoder_is_classifier(masker: nn.Module, classifier: Classifier) -> bool:
     """Whether an RTS masker's encoder computes exactly the classifier (same class, weights, buffers and
     input normalisation), so that its logits are the classifier's.
 
-    The answer is cached per masker with weak references to both models' tensors, their in-place
-    versions, storages, dtypes and devices: an optimiser step, a replaced tensor or a cast invalidates
-    it, and a repeated call walks the tensors instead of comparing their values.
+    A :class:`~aid.hooked.HookedEncoder` (the encoder copied from a :class:`~aid.models.WrappedClassifier`)
+    is compared through the network it wraps, whose output is the encoder's logits. The answer is cached
+    per masker with weak references to both models' tensors, their in-place versions, storages, dtypes
+    and devices: an optimiser step, a replaced tensor or a cast invalidates it, and a repeated call walks
+    the tensors instead of comparing their values.
     """
     enc, backbone = getattr(masker, "encoder", None), getattr(classifier, "backbone", None)
+    if isinstance(enc, HookedEncoder):  # a wrapped classifier's copy, seen through hooks: compare the network
+        enc = enc.model
     if enc is None or backbone is None or type(enc) is not type(backbone):
         return False
     a = [*enc.state_dict(keep_vars=True).items(), ("mean", masker.mean), ("std", masker.std)]

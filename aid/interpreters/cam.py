@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aid.hooked import capture_output
 from aid.interpreters.base import INTERPRETERS, Interpreter, minmax_normalize
 from aid.interpreters.grad import SCORES, class_score, grad_input
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 
 def upsample_normalize(cams: Tensor, size: tuple[int, int]) -> Tensor:
@@ -37,7 +38,8 @@ class CAM(Interpreter):
     ``create_graph=True`` it is differentiable with respect to x.
 
     Args:
-        classifier: a classifier with global average pooling and a linear head.
+        classifier: a :class:`~aid.models.Classifier` whose logits are its linear head applied to the global
+            average pool of its feature map (a timm CNN; a wrapped torchvision ResNet with ``layer="layer4"``).
         relu: apply ReLU to the weighted sum before upsampling (default False, as Eqn 7).
 
     Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1].
@@ -51,13 +53,9 @@ class CAM(Interpreter):
     name = "cam"
     differentiable = True
 
-    def __init__(self, classifier: NormalizedClassifier, relu: bool = False) -> None:
+    def __init__(self, classifier: Classifier, relu: bool = False) -> None:
         super().__init__(classifier)
-        classifier.linear_head  # noqa: B018  (raises TypeError early if the head is not linear)
-        gp = getattr(classifier.backbone, "global_pool", None)
-        pool = gp if isinstance(gp, str) else getattr(gp, "pool_type", "avg")  # timm ViTs name it: "token"
-        if pool != "avg":
-            raise ValueError(f"CAM needs global average pooling before the linear head, got {pool!r}")
+        classifier.check_cam()  # raises early if the end is not global average pooling + linear head
         self.relu = bool(relu)
 
     def from_features(self, feats: Tensor, target: Tensor, size: tuple[int, int]) -> Tensor:
@@ -93,8 +91,9 @@ class GradCAM(Interpreter):
 
     Args:
         classifier: target classifier ``f``.
-        layer: a module name inside ``classifier`` (e.g. ``"backbone.layer3"``) whose output is A;
-            None (default) = the output of ``classifier.features``.
+        layer: a module name inside ``classifier`` (e.g. ``"backbone.layer3"``) or inside its backbone
+            (``"layer3"``, as captum names it) whose output is A; None (default) = the output of
+            ``classifier.features`` (a wrapped model's ``layer``).
         score: ``"logit"`` (default) or ``"prob"``: the class score f_t.
         relu: apply ReLU to the weighted sum (default True, as Selvaraju et al. and captum's
             ``relu_attributions=True``).
@@ -112,7 +111,7 @@ class GradCAM(Interpreter):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         layer: str | None = None,
         score: str = "logit",
         relu: bool = True,
@@ -123,10 +122,11 @@ class GradCAM(Interpreter):
         self.module: nn.Module | None = None
         if layer is not None:
             named = dict(classifier.named_modules())
-            if layer not in named:
+            inner = dict(classifier.backbone.named_modules()) if hasattr(classifier, "backbone") else {}
+            if layer not in named and layer not in inner:
                 some = ", ".join(n for n in list(named)[1:12] if n)
                 raise ValueError(f"layer {layer!r} is not a module of the classifier (e.g. {some}, ...)")
-            self.module = named[layer]
+            self.module = named[layer] if layer in named else inner[layer]
         self.layer, self.score, self.relu = layer, score, bool(relu)
 
     def activations_and_scores(self, x: Tensor, target: Tensor, cut: bool = False) -> tuple[Tensor, Tensor]:
@@ -138,30 +138,11 @@ class GradCAM(Interpreter):
         with respect to x).
         """
         if self.module is None:
-            if cut:
-                with torch.no_grad():
-                    feats = self.classifier.features(x)
-                feats = feats.detach().requires_grad_(True)
-            else:
-                feats = self.classifier.features(x)
+            feats, logits = self.classifier.features_and_logits(x, cut=cut)
             check_feature_map(feats, "Grad-CAM")
-            return feats, class_score(self.classifier.head(feats), target, self.score)
-        captured: list[Tensor] = []
-
-        def hook(module: nn.Module, inputs, output: Tensor) -> Tensor:
-            if not isinstance(output, Tensor) or output.dim() != 4:
-                raise TypeError(f"layer {self.layer!r} must output a (B, D, h, w) tensor")
-            if cut:
-                output = output.detach().requires_grad_(True)
-            captured.append(output)
-            # Later in-place ops (e.g. ReLU(inplace=True)) then write into the clone, not into A.
-            return output.clone()
-
-        handle = self.module.register_forward_hook(hook)
-        try:
+            return feats, class_score(logits, target, self.score)
+        with capture_output(self.module, cut=cut, name=self.layer) as captured:
             scores = class_score(self.classifier(x), target, self.score)
-        finally:
-            handle.remove()
         return captured[-1], scores
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from aid.interpreters.base import INTERPRETERS, Interpreter, minmax_normalize
 from aid.interpreters.smooth_relu import SURROGATES, smooth_relu
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 SCORES = ("logit", "prob")
 
@@ -85,7 +85,7 @@ class Grad(Interpreter):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         score: str = "logit",
         smooth: bool = False,
         surrogate: str = "h",

@@ -1,7 +1,7 @@
 """RTS: the real-time saliency masking model (Dabkowski & Gal 2017; paper §3.4, Eqn 8) and its interpreter.
 
-The masker is an encoder (a timm CNN that returns feature maps at several scales and its own class
-logits) and a U-Net decoder:
+The masker is an encoder (a timm CNN, or any CNN read by forward hooks, that returns feature maps at
+several scales and its own class logits) and a U-Net decoder:
 
 - the class selector ``Embedding(num_classes, C_bottleneck)`` gates the bottleneck features: the dot
   product of each position's feature vector with the target class's embedding goes through a sigmoid
@@ -19,7 +19,6 @@ Train the masker with :class:`aid.interpreters.rts_loss.RTSLoss` (Eqn 15).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from aid.checkpoints import load_checkpoint
 from aid.interpreters.base import INTERPRETERS, Interpreter
 from aid.interpreters.presence import EncoderPresence, PresenceHead
 from aid.model_state import frozen_eval
-from aid.models import IMAGENET_MEAN, IMAGENET_STD, NormalizedClassifier
+from aid.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
 
 class UpBlock(nn.Module):
@@ -90,8 +89,9 @@ class RTSMasker(nn.Module):
     Args:
         encoder: a timm model name (created with ``num_classes`` and ``encoder_kwargs``), a timm model
             (anything with ``forward_intermediates``, ``forward_head`` and ``feature_info``; used as
-            is), or a :class:`~aid.models.NormalizedClassifier` (a copy of its backbone and its
-            normalisation).
+            is), or a :class:`~aid.models.Classifier` (its :meth:`~aid.models.Classifier.copy_encoder` and
+            its normalisation: a copy of a timm backbone, or of a wrapped module read by forward hooks
+            at every stride up to its ``layer``, :class:`~aid.hooked.HookedEncoder`).
         num_classes: number of classes K (selector rows, encoder logits); taken from a module encoder
             when None.
         encoder_kwargs: passed to :func:`timm.create_model` when ``encoder`` is a name (e.g.
@@ -135,10 +135,10 @@ class RTSMasker(nn.Module):
         super().__init__()
         if int(mask_scale) < 1:
             raise ValueError(f"mask_scale must be >= 1, got {mask_scale}")
-        if isinstance(encoder, NormalizedClassifier):
+        if isinstance(encoder, Classifier):
             mean = encoder.mean.flatten().tolist() if mean is None else mean
             std = encoder.std.flatten().tolist() if std is None else std
-            encoder = copy.deepcopy(encoder.backbone)  # never share (and freeze) the classifier's weights
+            encoder = encoder.copy_encoder()  # never share (and freeze) the classifier's weights
         if isinstance(encoder, str):
             if num_classes is None:
                 raise ValueError("num_classes is required when the encoder is given by name")
@@ -211,14 +211,18 @@ class RTSMasker(nn.Module):
 
     @classmethod
     def from_classifier(
-        cls, classifier: NormalizedClassifier, copy_weights: bool = True, **kwargs
+        cls, classifier: Classifier, copy_weights: bool = True, **kwargs
     ) -> RTSMasker:
         """A masker whose encoder is a deep copy of ``classifier``'s backbone (weights and normalisation).
 
-        With ``copy_weights=False`` the encoder has the same architecture with freshly initialised
-        weights (for training the encoder with ``freeze_encoder=False``).
+        A timm classifier (:class:`~aid.models.NormalizedClassifier`) gives a copy of its timm backbone; a
+        wrapped module (:class:`~aid.models.WrappedClassifier`, with a ``layer``) a copy whose features at
+        every stride up to ``layer`` are read by forward hooks (:class:`~aid.hooked.HookedEncoder`) and
+        whose logits are the module's own. With ``copy_weights=False`` the encoder has the same
+        architecture with freshly initialised weights (for training the encoder with
+        ``freeze_encoder=False``).
         """
-        backbone = copy.deepcopy(classifier.backbone)
+        backbone = classifier.copy_encoder()
         if not copy_weights:
             for m in backbone.modules():
                 if hasattr(m, "reset_parameters"):
@@ -338,7 +342,7 @@ class RTSInterpreter(Interpreter):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         masker: RTSMasker | None = None,
         checkpoint: str | Path | None = None,
         **masker_kwargs,
