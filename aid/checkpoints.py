@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,27 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, 
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
+#: Hyper-parameters of a classifier checkpoint that define its architecture.
+ARCH_KEYS = ("arch", "num_classes", "in_chans", "output_stride", "channels")
+
+
 def load_classifier(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", num_classes: int | None = None
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    num_classes: int | None = None,
+    expect: dict[str, Any] | None = None,
 ) -> NormalizedClassifier:
     """Rebuild a :class:`NormalizedClassifier` from a checkpoint of ``ClassifierModule``.
 
-    The checkpoint's ``hyper_parameters`` give the architecture; weights load from the
-    ``classifier.`` entries of its state dict. With ``num_classes`` set, a mismatch with the
-    checkpoint raises ValueError naming both counts.
+    The checkpoint's ``hyper_parameters`` give the architecture; weights load from the ``classifier.``
+    entries of its state dict.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where its tensors load.
+        num_classes: when set, a checkpoint with another class count raises ValueError naming both.
+        expect: architecture the caller's config asks for (keys of :data:`ARCH_KEYS`; None values are not
+            checked): a checkpoint that differs raises ValueError naming the key and both values.
     """
     ckpt = load_checkpoint(path, map_location)
     hp = ckpt.get("hyper_parameters", {})
@@ -60,6 +74,13 @@ def load_classifier(
             f"class-count mismatch: checkpoint {path} has {hp.get('num_classes')} classes, the config asks for "
             f"{num_classes}"
         )
+    for key, wanted in (expect or {}).items():
+        have = hp.get(key, {"in_chans": 3, "output_stride": 32}.get(key))
+        if wanted is not None and _plain(have) != _plain(wanted):
+            raise ValueError(
+                f"classifier checkpoint {path} has {key}={have!r}, the config asks for {key}={wanted!r}; give a "
+                f"checkpoint of that architecture, or set model.init_args.{key} to {have!r}"
+            )
     model = build_classifier(
         hp["arch"],
         num_classes=hp["num_classes"],
@@ -72,19 +93,34 @@ def load_classifier(
     return model
 
 
+def checkpoint_data(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The description of the data a checkpoint was trained on (class names, split sizes, image size), as
+    ``ClassifierModule`` stores it under ``"data"``; None for checkpoints without one."""
+    value = load_checkpoint(path).get("data")
+    return value if isinstance(value, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO that writes to ``<path>.tmp`` then renames: a kill mid-write never leaves a
-    half-written checkpoint under the real name (``os.replace`` is atomic on POSIX and Windows).
-    Loading uses ``weights_only=True``."""
+    """Lightning CheckpointIO that writes to a temporary file then renames it: a kill mid-write never leaves a
+    half-written checkpoint under the real name (``os.replace`` is atomic on POSIX and Windows). The temporary
+    name is unique per process and write, so concurrent writers never share one. Loading uses
+    ``weights_only=True``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        with open(tmp, "rb") as f:  # flush to disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:  # flush to disk before the rename makes it visible
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = True) -> dict:
         return load_checkpoint(path, map_location or "cpu")

@@ -16,6 +16,7 @@ from aid.metrics import AttackSuccessRate, MapDistance, MeanConfidence
 from callbacks.attack_cache import batch_key, cached, interpreter_key, settings_key
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
+from callbacks.settings import attack_settings, check_choices
 
 INTERPRETER_FREE = ("pgd", "stadv")  # attacks that only fool the classifier
 ATTACK_NAMES = ("pgd", "adv2", "stadv", "adv2_stadv", "adv2_adaptive")
@@ -23,11 +24,10 @@ MAP_METRICS = ("l1", "l2", "iou")
 
 
 def merged_kwargs(table: dict[str, dict[str, Any]], attack: str, interpreter: str | None) -> dict[str, Any]:
-    """Settings of ``attack`` for ``interpreter``: ``table[attack]`` updated by ``table[attack.interpreter]``."""
-    out = dict(table.get(attack, {}))
-    if interpreter is not None:
-        out.update(table.get(f"{attack}.{interpreter}", {}))
-    return out
+    """Settings of ``attack`` for ``interpreter``: ``table[attack]`` updated by ``table[attack.interpreter]``;
+    un-suffixed keys that this interpreter's attack does not take are left out
+    (:func:`callbacks.settings.attack_settings`)."""
+    return attack_settings(table, attack, interpreter)
 
 
 def benign_maps(trainer: pl.Trainer, name: str, interp: Interpreter, batch: EvalBatch) -> Tensor:
@@ -78,8 +78,12 @@ class ADV2Evaluation(EvaluationCallback):
         interpreters: interpreter names (the module's own, e.g. ``rts`` / ``rtsa``, or registry names).
         attacks: among ``pgd``, ``adv2``, ``stadv``, ``adv2_stadv``, ``adv2_adaptive``.
         target_map: ``benign`` (default), ``patch`` (random rectangle / circle).
-        attack_kwargs: settings per attack (``{"adv2": {...}, "adv2.rts": {...}}``).
-        interpreter_kwargs: settings per registry interpreter (``{"mask": {"iterations": 100}}``).
+        attack_kwargs: settings per attack (``{"adv2": {...}, "adv2.rts": {...}}``), checked when the
+            callback is built (:mod:`callbacks.settings`): keys ``<attack>`` or ``<attack>.<interpreter>``
+            among ``ATTACK_NAMES``, inner keys arguments of the attack that will run. An un-suffixed table's
+            key reaches the interpreters whose attack takes it (``n_reset`` reaches MASK's ``ADV2Mask`` only).
+        interpreter_kwargs: settings per registry interpreter (``{"mask": {"iterations": 100}}``), checked
+            against the interpreter's constructor.
         prefix: first part of the metric names.
         num_images, batch_size, every_n_epochs, split, seed, progress: see ``EvaluationCallback``.
     """
@@ -97,9 +101,8 @@ class ADV2Evaluation(EvaluationCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        bad = [a for a in attacks if a not in ATTACK_NAMES]
-        if bad:
-            raise ValueError(f"unknown attack(s) {bad}; allowed: {', '.join(ATTACK_NAMES)}")
+        check_choices(type(self).__name__, "attacks", attacks, ATTACK_NAMES)
+        self.check_settings(interpreters, interpreter_kwargs, attack_kwargs or {}, ATTACK_NAMES, INTERPRETER_FREE)
         if target_map not in ("benign", "patch"):
             raise ValueError(f"target_map must be 'benign' or 'patch', got {target_map!r}")
         self.interpreters = list(interpreters)

@@ -9,7 +9,7 @@ here; every rank calls every ``compute`` in the same order, and only rank zero w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric, SumMetric
 from tqdm.auto import tqdm
@@ -25,6 +26,7 @@ from aid.interpreters import Interpreter, build_interpreter
 from aid.model_state import frozen_eval
 from callbacks.attack_cache import settings_key
 from callbacks.report import ReportWriter, find_report
+from callbacks.settings import check_attack_kwargs, check_interpreter_kwargs, check_interpreter_names
 
 
 @dataclass
@@ -72,6 +74,9 @@ class EvaluationCallback(Callback):
             ``test`` runs always use the test split).
         seed: seed of the image selection and of the target classes.
         progress: show a progress bar on rank zero.
+
+    When the split holds fewer than ``num_images`` correctly classified images, all of them are used, with a
+    warning; ``<name>/images`` (logged, and stated under the report's section) says how many were evaluated.
     """
 
     name = "evaluation"
@@ -100,6 +105,32 @@ class EvaluationCallback(Callback):
         self.seed = seed
         self.progress = progress
         self._last_step: int | None = None
+        self._selected_split: str | None = None  # the split of the last selection, for the report
+
+    def check_settings(
+        self,
+        interpreters: Iterable[str],
+        interpreter_kwargs: Mapping[str, Any] | None = None,
+        attack_kwargs: Mapping[str, Any] | None = None,
+        attacks: Iterable[str] = (),
+        interpreter_free: Iterable[str] = (),
+        compare: Iterable[str] | None = None,
+    ) -> None:
+        """Refuse unknown interpreter names, ``interpreter_kwargs`` and ``attack_kwargs`` entries when the
+        callback is built (see :mod:`callbacks.settings`): a ``ValueError`` naming the key path.
+
+        ``attacks``: the attack names ``attack_kwargs`` may hold, ``interpreter_free`` those of them that
+        attack no interpreter; the un-suffixed attack settings apply to ``interpreters`` and ``compare``.
+        """
+        owner = type(self).__name__
+        interpreters = list(interpreters)
+        check_interpreter_names(owner, "interpreters", interpreters)
+        if compare:
+            check_interpreter_names(owner, "compare", compare)
+        check_interpreter_kwargs(owner, interpreter_kwargs)
+        if attack_kwargs is not None:
+            names = list(dict.fromkeys([*interpreters, *(compare or [])]))
+            check_attack_kwargs(owner, attack_kwargs, attacks, interpreter_free, names)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -173,6 +204,13 @@ class EvaluationCallback(Callback):
             count += len(keep)
             if count >= self.num_images:
                 break
+        self._selected_split = split
+        if count < self.num_images:
+            rank_zero_warn(
+                f"{type(self).__name__} ({self.name}): split {split!r} holds only {count} correctly classified "
+                f"images of the {self.num_images} asked (num_images; {len(dataset)} images in the split); "
+                f"evaluating those {count} ({self.name}/images says how many)"
+            )
         y = torch.cat(ys)
         k = pl_module.classifier.num_classes
         # A shift in [1, K-1] makes the target differ from the label without rejection sampling.
@@ -228,6 +266,17 @@ class EvaluationCallback(Callback):
                 logger.log_metrics(floats, step=trainer.global_step)
             if report is not None:
                 self.write_report(trainer, report, floats)
+                self.note_images(report, floats)
+
+    def note_images(self, report: ReportWriter, values: dict[str, float]) -> None:
+        """Add to this callback's report section how many images were evaluated, of how many asked."""
+        count = values.get(f"{self.name}/images")
+        if count is None or self.name not in report.sections:
+            return
+        split = self._selected_split or "?"
+        short = f" (fewer than the {self.num_images} asked: the split has no more)" if count < self.num_images else ""
+        note = f"Images: {int(count)} correctly classified images of split `{split}`{short}."
+        report.add_section(self.name, report.sections[self.name] + "\n" + note)
 
     def write_report(self, trainer: pl.Trainer, report: ReportWriter, values: dict[str, float]) -> None:
         """Add this evaluation's Markdown section / tables / figures (rank zero). Default: a flat table."""

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchvision.utils import save_image
 
-from callbacks.adv2 import benign_maps
+from callbacks.adv2 import ATTACK_NAMES, INTERPRETER_FREE, benign_maps
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import find_report
 from callbacks.transfer import PGD, adversarial_maps, source_attack
@@ -78,6 +78,8 @@ class ImageGrids(EvaluationCallback):
         super().__init__(num_images=num_images, **kwargs)
         if PGD in interpreters or (compare and PGD in compare):
             raise ValueError(f"{PGD!r} is an attack, not an interpreter")
+        self.check_settings(interpreters, interpreter_kwargs, attack_kwargs or {}, ATTACK_NAMES, INTERPRETER_FREE,
+                            compare=compare)
         self.interpreters = list(interpreters)
         self.compare = list(compare) if compare else None
         self.attack_kwargs = attack_kwargs or {}

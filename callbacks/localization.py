@@ -41,6 +41,7 @@ class LocalizationEvaluation(EvaluationCallback):
         super().__init__(**kwargs)
         if compare is not None and len(compare) != 2:
             raise ValueError(f"compare must name two interpreters, got {compare}")
+        self.check_settings(interpreters, interpreter_kwargs, compare=compare)
         self.interpreters = list(interpreters)
         self.interpreter_kwargs = interpreter_kwargs or {}
         self.compare = list(compare) if compare else None

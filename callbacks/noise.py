@@ -19,6 +19,7 @@ from aid.metrics import MapDistance
 from callbacks.adv2 import benign_maps
 from callbacks.evaluation import EvalBatch, EvaluationCallback, _dataset, resolve_interpreters
 from callbacks.report import ReportWriter
+from callbacks.settings import check_choices
 
 NOISES = ("normal", "uniform")
 
@@ -130,9 +131,8 @@ class NoiseSensitivity(EvaluationCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        bad = [n for n in noises if n not in NOISES]
-        if bad:
-            raise ValueError(f"unknown noise(s) {bad}; allowed: {', '.join(NOISES)}")
+        check_choices(type(self).__name__, "noises", noises, NOISES)
+        self.check_settings(interpreters, interpreter_kwargs)
         if not target_rates or not all(0 < r < 1 for r in target_rates):
             raise ValueError(f"target_rates must lie in (0, 1), got {list(target_rates)}")
         if calibration_images <= 0:

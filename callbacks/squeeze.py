@@ -14,6 +14,7 @@ from callbacks.adv2 import ATTACK_NAMES, INTERPRETER_FREE, benign_maps, merged_k
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.noise import calibration_images
 from callbacks.report import ReportWriter
+from callbacks.settings import check_choices
 
 ADAPTIVE = "adv2_adaptive"
 
@@ -71,9 +72,8 @@ class SqueezeDetection(EvaluationCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        bad = [a for a in attacks if a not in ATTACK_NAMES]
-        if bad:
-            raise ValueError(f"unknown attack(s) {bad}; allowed: {', '.join(ATTACK_NAMES)}")
+        check_choices(type(self).__name__, "attacks", attacks, ATTACK_NAMES)
+        self.check_settings(interpreters, interpreter_kwargs, attack_kwargs or {}, ATTACK_NAMES, INTERPRETER_FREE)
         if not interpreters:
             raise ValueError("give at least one interpreter")
         if not 0 < fpr < 1:

@@ -11,7 +11,7 @@ from torchmetrics import Metric
 from aid.attacks import AttackResult
 from aid.interpreters import Interpreter
 from aid.metrics import MapDistance
-from callbacks.adv2 import benign_maps, merged_kwargs, run_attack
+from callbacks.adv2 import ATTACK_NAMES, INTERPRETER_FREE, benign_maps, merged_kwargs, run_attack
 from callbacks.attack_cache import batch_key, cached, interpreter_key
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
@@ -105,6 +105,7 @@ class Transferability(EvaluationCallback):
         super().__init__(**kwargs)
         if PGD in interpreters:
             raise ValueError(f"{PGD!r} is the baseline row, not an interpreter")
+        self.check_settings(interpreters, interpreter_kwargs, attack_kwargs or {}, ATTACK_NAMES, INTERPRETER_FREE)
         self.interpreters = list(interpreters)
         self.attack_kwargs = attack_kwargs or {}
         self.interpreter_kwargs = interpreter_kwargs or {}

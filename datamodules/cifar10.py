@@ -13,6 +13,7 @@ from datamodules.common import SplitDataModule, ZeroMaskDataset, check_positive_
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _TRAIN_SIZE = 50000
+_TEST_SIZE = 10000
 
 
 class CIFAR10DataModule(SplitDataModule):
@@ -96,3 +97,7 @@ class CIFAR10DataModule(SplitDataModule):
     def classes(self) -> list[str]:
         """CIFAR-10 class names in label order."""
         return list(CIFAR10_CLASSES)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split (the official sets, less the held-out validation images); nothing is read."""
+        return {"train": _TRAIN_SIZE - self.val_size, "val": self.val_size, "test": _TEST_SIZE}

@@ -1,4 +1,5 @@
-"""Pieces shared by the datamodules: argument checks, the zero-mask wrapper and the loader base class.
+"""Pieces shared by the datamodules: argument checks, the zero-mask wrapper, the loader base class and the
+end-of-epoch report of image files that could not be decoded.
 
 Every datamodule of the framework yields tuples ``(image, label, mask)``: ``image`` float (3, H, W) in
 [0, 1], ``label`` a long scalar, ``mask`` float (1, H, W) in {0, 1} (the ground-truth object mask, or
@@ -7,8 +8,12 @@ zeros where the data has none; ``has_masks`` tells which).
 
 from __future__ import annotations
 
+import warnings
+
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -60,6 +65,29 @@ class ZeroMaskDataset(Dataset):
         return image, torch.as_tensor(label, dtype=torch.long), mask
 
 
+class SkippedFilesReport(Callback):
+    """Warns, at the end of every training epoch (and of ``validate`` / ``test`` runs), about the files that
+    the datamodule's datasets could not decode and replaced by other samples (``report_skipped`` of a
+    :class:`SplitDataModule`). A datamodule that skips such files adds this callback to its trainer itself.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, f"training epoch {trainer.current_epoch}")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:  # in fit, the training epoch's report covers validation
+            self._report(trainer, "validation")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, "test")
+
+    @staticmethod
+    def _report(trainer: pl.Trainer, when: str) -> None:
+        report = getattr(trainer.datamodule, "report_skipped", None)
+        if report is not None:
+            report(when)
+
+
 class SplitDataModule(pl.LightningDataModule):
     """Base class: builds the train / val / test loaders from ``self._splits`` filled by ``setup``.
 
@@ -75,6 +103,51 @@ class SplitDataModule(pl.LightningDataModule):
         self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
         self.seed = int(seed)
         self._splits: dict[str, Dataset] = {}
+
+    def describe(self) -> dict:
+        """What the data is, for run folders and checkpoints (a run on other data never reuses this one's):
+        the class, class names in label order, image size and images per split (:meth:`split_sizes`)."""
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "classes": list(self.classes),
+            "image_size": self.image_size,
+            "sizes": self.split_sizes(),
+        }
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split (``train``, ``val``, ``test``), found without decoding any image."""
+        return {split: len(self._dataset(split)) for split in ("train", "val", "test")}  # type: ignore[arg-type]
+
+    def attach_skip_report(self) -> None:
+        """Add a :class:`SkippedFilesReport` to the trainer this datamodule is attached to (once)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and not any(isinstance(cb, SkippedFilesReport) for cb in trainer.callbacks):
+            trainer.callbacks.append(SkippedFilesReport())
+
+    def report_skipped(self, when: str = "") -> dict[str, list[str]]:
+        """Warn about the files each split's dataset replaced since the last report (datasets with a
+        ``take_skipped()`` method, such as the image folders with ``corrupt="skip"``); returns them by split.
+
+        The count covers the loads of this process and of DataLoader workers (the datasets record failures
+        in shared memory), on this rank.
+        """
+        out: dict[str, list[str]] = {}
+        seen: set[int] = set()
+        for split, dataset in self._splits.items():
+            take = getattr(dataset, "take_skipped", None)
+            if take is None or id(dataset) in seen:
+                continue
+            seen.add(id(dataset))
+            paths = take()
+            if paths:
+                out[split] = paths
+                shown = ", ".join(paths[:10]) + (", ..." if len(paths) > 10 else "")
+                warnings.warn(
+                    f"{when + ': ' if when else ''}{len(paths)} image file(s) of the {split} split could not be "
+                    f"decoded and were replaced by other samples (data.corrupt='skip'): {shown}",
+                    stacklevel=2,
+                )
+        return out
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self._splits:

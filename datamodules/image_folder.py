@@ -1,16 +1,18 @@
 """Class-per-folder image datasets: ImageNet, ISIC 2018 task 3 or CIFAR-10 exported to folders.
 
 Layout: ``<root>/<split>/<class>/<file>`` with files ending in one of ``IMG_EXTENSIONS`` (any case;
-files in nested sub-folders of a class folder count for that class; other files are ignored).
-Optional ground-truth masks: ``<mask_root>/<split>/<class>/<same sub-path>/<stem>.png``.
+files in nested sub-folders of a class folder count for that class, symbolic links followed once each;
+other files are ignored). Optional ground-truth masks: ``<mask_root>/<split>/<class>/<same sub-path>/<stem>.png``.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -20,7 +22,13 @@ from torchvision import transforms
 from datamodules.common import SplitDataModule, check_positive_int
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: PIL modes of 16-bit (and 32-bit integer) pixels: read as value / 65535, not saturated by ``convert``.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class UnreadableFileError(RuntimeError):
+    """An image or mask file that PIL cannot decode (the message names the file)."""
 
 
 def _class_names(split_dir: Path) -> list[str]:
@@ -28,20 +36,40 @@ def _class_names(split_dir: Path) -> list[str]:
 
 
 def _image_files(class_dir: Path) -> list[Path]:
-    files = []
+    """Image files under ``class_dir``, sorted, following symbolic links to folders once each (a link back to
+    a folder already walked, e.g. a loop, adds nothing)."""
+    files, visited = [], set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames.sort()
         files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
     return files
 
 
 def _unreadable(path: Path) -> bool:
+    """Whether PIL fails to decode the whole file (``load``, so a truncated JPEG counts, unlike ``verify``)."""
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()
     except _READ_ERRORS:
         return True
     return False
+
+
+def unit_range_image(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode`` (``RGB`` or ``L``), or, for 16-bit pixels (``HIGH_BIT_MODES``), a float image
+    (PIL mode ``F``, one channel) of value / 65535 clipped to [0, 1], which ``ToTensor`` keeps as it is.
+
+    ``convert`` would saturate 16-bit values at 255 instead of rescaling them.
+    """
+    if image.mode in HIGH_BIT_MODES:
+        values = np.asarray(image).astype(np.float32) / 65535.0
+        return Image.fromarray(np.clip(values, 0.0, 1.0))
+    return image.convert(mode)
 
 
 class ImageFolderDataset(Dataset):
@@ -53,14 +81,31 @@ class ImageFolderDataset(Dataset):
         resize: the shorter image side is resized to this before the crop (bilinear, antialiased).
         mask_paths: one mask path per sample (resized with nearest, binarised at 0.5), or ``None`` for
             zero masks.
+        corrupt: ``"error"`` (default): a file that cannot be decoded raises an :class:`UnreadableFileError`
+            (a ``RuntimeError``) naming it. ``"skip"``: the item is replaced by the next readable sample
+            (index + 1, + 2, ... modulo the length: deterministic, and the item keeps its
+            ``(image, label, mask)`` form), with a warning naming the file, and the failure is recorded for
+            :meth:`take_skipped` (in shared memory, so loads in DataLoader workers count too).
 
-    An unreadable image raises a ``RuntimeError`` naming the file when it is loaded.
+    16-bit images (``HIGH_BIT_MODES``) are read as value / 65535 (a grey one becomes 3 equal channels), so
+    that they give the tensor of their 8-bit rescaling; 16-bit masks are binarised at half their range.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], image_size: int, resize: int,
-                 mask_paths: list[Path] | None = None) -> None:
+                 mask_paths: list[Path] | None = None, corrupt: str = "error") -> None:
+        if corrupt not in ("error", "skip"):
+            raise ValueError(f"corrupt must be 'error' or 'skip', got {corrupt!r}")
         self.samples = samples
         self.mask_paths = mask_paths
+        self.corrupt = corrupt
+        # Failed loads per sample; in shared memory so that DataLoader workers' failures reach the main process.
+        self.failures = torch.zeros(len(samples), dtype=torch.int32)
+        if corrupt == "skip":
+            try:
+                self.failures.share_memory_()
+            except RuntimeError:  # no shared memory here: the count then covers this process's loads only
+                pass
+        self._reported = torch.zeros_like(self.failures)
         self.image_size = image_size
         self.transform = transforms.Compose(
             [transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor()]
@@ -78,17 +123,22 @@ class ImageFolderDataset(Dataset):
     def _open(path: Path, mode: str, what: str) -> Image.Image:
         try:
             with Image.open(path) as im:
-                return im.convert(mode)  # convert() decodes the whole file, so broken data fails here
+                im.load()  # decodes the whole file, so broken data fails here
+                return unit_range_image(im, mode)
         except _READ_ERRORS as err:
-            raise RuntimeError(
+            raise UnreadableFileError(
                 f"cannot read {what} file {path}: {err}. Replace or delete it, or set data.corrupt='skip' "
-                "to skip unreadable images at setup"
+                "to skip unreadable images (at setup and when loading)"
             ) from err
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+    def load(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Item ``index`` as ``(image (3, S, S) in [0, 1], label, mask (1, S, S))``; an
+        :class:`UnreadableFileError` when its image or mask cannot be decoded."""
         path, label = self.samples[index]
         image = self._open(path, "RGB", "image")
-        x = self.transform(image)
+        x = self.transform(image).clamp(0, 1)
+        if x.shape[0] == 1:  # a 16-bit grey image
+            x = x.expand(3, -1, -1).contiguous()
         if self.mask_paths is None:
             mask = torch.zeros(1, *x.shape[-2:], dtype=x.dtype)
         else:
@@ -100,6 +150,33 @@ class ImageFolderDataset(Dataset):
                 )
             mask = (self.mask_transform(mask_image) > 0.5).to(x.dtype)
         return x, torch.tensor(label, dtype=torch.long), mask
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        try:
+            return self.load(index)
+        except UnreadableFileError as err:
+            if self.corrupt != "skip":
+                raise
+            first = err
+        n = len(self.samples)
+        self.failures[index] += 1
+        for step in range(1, n):
+            other = (index + step) % n
+            try:
+                item = self.load(other)
+            except UnreadableFileError:
+                self.failures[other] += 1
+                continue
+            warnings.warn(f"{first}; sample {other} ({self.samples[other][0]}) is used in its place", stacklevel=2)
+            return item
+        raise RuntimeError(f"no file of this split can be decoded (the first: {first})") from first
+
+    def take_skipped(self) -> list[str]:
+        """Paths of the files that failed to load since the last call (sorted by sample index)."""
+        counts = self.failures.clone()
+        new = (counts > self._reported).nonzero().flatten().tolist()
+        self._reported = counts
+        return [str(self.samples[i][0]) for i in new]
 
 
 class ImageFolderDataModule(SplitDataModule):
@@ -125,10 +202,19 @@ class ImageFolderDataModule(SplitDataModule):
             ``has_masks`` is False.
         seed: seed of the training shuffle (default 0).
         corrupt: what unreadable image files do. ``"error"`` (default): nothing is scanned; loading such a
-            file raises a ``RuntimeError`` naming it. ``"skip"``: ``setup`` opens every file of the split
-            with PIL's ``Image.verify()`` (a full pass over the files: slow on ImageNet-size folders),
-            drops the unreadable ones and emits one warning with their count and first paths. ``verify``
-            does not decode pixel data, so a truncated JPEG can still pass and then raise at load time.
+            file raises a ``RuntimeError`` naming it. ``"skip"``: ``setup`` decodes every file of the split
+            fully (``Image.load``, in threads; a full pass over the data, minutes on ImageNet-size folders),
+            drops the unreadable ones (a truncated JPEG included) and emits one warning with their count
+            and first paths. A file that still fails later (changed after the scan, or a broken mask) is
+            replaced by the next readable sample with a warning naming it, and at the end of every
+            training epoch (and of validate / test runs) one warning gives the count and names of the
+            files replaced since the last one (:class:`~datamodules.common.SkippedFilesReport`, added to
+            the trainer by ``setup``). That count includes DataLoader workers' loads (the dataset keeps
+            them in shared memory) on this rank; under DDP each rank reports its own.
+
+    16-bit images (PIL modes ``I;16``, ``I;16B``, ``I;16L``, ``I``) are read as value / 65535, so they give the
+    tensor of their 8-bit rescaling; a grey one becomes 3 equal channels. 16-bit masks binarise at half range.
+    A split needs at least 2 class folders (a classifier needs 2 classes).
 
     Example:
         >>> dm = ImageFolderDataModule("data/isic2018", image_size=224, test_split="test")
@@ -176,6 +262,11 @@ class ImageFolderDataModule(SplitDataModule):
                 raise ValueError(
                     f"no class folders in {str(train_dir)!r}: expected <split>/<class>/<image> folders"
                 )
+            if len(classes) < 2:
+                raise ValueError(
+                    f"only one class folder ({classes[0]!r}) in {str(train_dir)!r}: a classifier needs at least "
+                    "2 classes, one folder each (<split>/<class>/<image>)"
+                )
             self._classes = classes
         return self._classes
 
@@ -196,7 +287,10 @@ class ImageFolderDataModule(SplitDataModule):
                 f"split folder {str(split_dir)!r} holds no images (extensions {', '.join(IMG_EXTENSIONS)})"
             )
         if self.corrupt == "skip":
-            bad = [f for f, _ in samples if _unreadable(f)]
+            # Decoding releases the GIL: threads make the full pass several times faster.
+            with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+                flags = list(pool.map(_unreadable, [f for f, _ in samples]))
+            bad = [f for (f, _), broken in zip(samples, flags, strict=True) if broken]
             if bad:
                 shown = ", ".join(str(f) for f in bad[:5]) + (", ..." if len(bad) > 5 else "")
                 warnings.warn(f"skipped {len(bad)} unreadable image file(s) in split {name!r}: {shown}",
@@ -216,15 +310,26 @@ class ImageFolderDataModule(SplitDataModule):
                     f"{len(missing_masks)} mask file(s) missing under data.mask_root for split {name!r}: "
                     f"{shown}"
                 )
-        return ImageFolderDataset(samples, self._image_size, self.resize, mask_paths)
+        return ImageFolderDataset(samples, self._image_size, self.resize, mask_paths, corrupt=self.corrupt)
 
     def setup(self, stage: str | None = None) -> None:
-        """Index the split folders the stage needs (and scan them when ``corrupt='skip'``)."""
+        """Index the split folders the stage needs (and scan them when ``corrupt='skip'``, then add the
+        end-of-epoch report of files skipped while loading to the trainer)."""
+        if self.corrupt == "skip":
+            self.attach_skip_report()
         needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in needed.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             if split not in self._splits:
                 same = [s for s in self._splits if self.split_names[s] == self.split_names[split]]
                 self._splits[split] = self._splits[same[0]] if same else self._build(split)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Image files per split folder (listed, not decoded: before ``corrupt='skip'`` drops any)."""
+        out = {}
+        for split, name in self.split_names.items():
+            folder = self._split_dir(name)
+            out[split] = sum(len(_image_files(folder / c)) for c in _class_names(folder))
+        return out
 
     @property
     def num_classes(self) -> int:

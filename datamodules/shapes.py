@@ -398,3 +398,7 @@ class ShapesDataModule(SplitDataModule):
     def classes(self) -> list[str]:
         """Class names in label order."""
         return list(SHAPE_NAMES[: self._num_classes])
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split, as configured (nothing is generated)."""
+        return dict(self._sizes)

@@ -26,21 +26,35 @@ def write_folder(root, classes=("cat", "dog"), n=4, size=40):
                 Image.fromarray(arr).save(d / f"{i}.jpg")
 
 
-def test_one_epoch_fit_through_the_cli_writes_summary_checkpoint_and_offline_wandb_run(tmp_path):
+def run_folder(cwd, name):
+    """The one run folder ``<cwd>/runs/<name>-<hash>``."""
+    found = sorted((cwd / "runs").glob(f"{name}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_one_epoch_fit_through_the_cli_writes_summary_checkpoint_record_and_offline_wandb_run(tmp_path):
     res = run_script([str(ROOT / "train.py"), "--config", "classifier.yaml", *TINY], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    run = tmp_path / "runs" / "classifier"
+    run = run_folder(tmp_path, "classifier")
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert 0.0 <= summary["val/acc"] <= 1.0 and "train/loss" in summary
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    record = json.loads((run / "complete.json").read_text())
+    assert record["checkpoints"] == {"best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, "no offline W&B run directory"
     # the offline run stores the logged metrics in its .wandb file
     blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
     assert b"val/acc" in blob
-    # a second run in the same directory does not fail on the saved config
+    # a second run of the same config reuses the folder and leaves last.ckpt the newest (no last-v1.ckpt)
+    first = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     res2 = run_script([str(ROOT / "train.py"), "--config", "classifier.yaml", *TINY], cwd=tmp_path)
     assert res2.returncode == 0, res2.stderr[-3000:]
+    assert run_folder(tmp_path, "classifier") == run
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns > first
+    assert (run / "complete.json").stat().st_mtime >= (run / "checkpoints" / "last.ckpt").stat().st_mtime
 
 
 def test_datasets_switch_from_the_command_line_to_an_image_folder(tmp_path):
@@ -71,7 +85,7 @@ def test_wrong_config_values_fail_before_training_naming_the_key(tmp_path, args,
     assert res.returncode != 0
     for w in words:
         assert w in res.stderr, res.stderr[-2000:]
-    assert not (tmp_path / "runs" / "classifier" / "checkpoints").exists()
+    assert not list(tmp_path.glob("runs/*/checkpoints"))
 
 
 def test_unknown_config_name_lists_the_available_ones(tmp_path):

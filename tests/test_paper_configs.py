@@ -4,8 +4,8 @@ The paper-scale configs cannot run here (ImageNet, 8 GPUs), so each one is built
 builds it, with ``run=False`` and overrides that fit this machine: CPU, one device, float32,
 ``pretrained: false`` and no prerequisites. The working directory is a scratch folder holding a tiny
 stand-in for the config's data folder (two 8×8 PNGs per class and split, as many classes as the config's
-model has) and, at the paths the config reads, randomly initialised checkpoints with the architecture of
-the config that writes each of them. Then every attack the evaluation callbacks would run is constructed
+model has) and randomly initialised checkpoints for what each prerequisite would provide, with the
+architecture the run passes on to it. Then every attack the evaluation callbacks would run is constructed
 (which checks the argument names and values) and a few of the paper's values are checked.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import io
 import pydoc
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from PIL import Image
 
 from aid.attacks import build_attack
 from aid.attacks.adv2_mask import ADV2Mask
-from aid.checkpoints import load_classifier
 from aid.interpreters import INTERPRETERS
 from aid.interpreters.rts import RTSMasker
 from aid.modules.aid import AIDModule
@@ -58,43 +56,34 @@ def init_args(cfg: dict[str, Any], section: str = "model") -> dict[str, Any]:
     return cfg[section].get("init_args") or {}
 
 
-@functools.cache
-def producers() -> dict[str, Path]:
-    """``<dirpath>/last.ckpt`` of every ModelCheckpoint with save_last under configs/ -> the config writing it."""
-    out = {}
-    for path in CONFIGS.rglob("*.yaml"):
-        for cb in (load(path).get("trainer") or {}).get("callbacks") or []:
-            args = cb.get("init_args") or {}
-            if cb["class_path"].endswith("ModelCheckpoint") and args.get("save_last") and args.get("dirpath"):
-                out[f"{args['dirpath']}/last.ckpt"] = path
-    return out
+ARCH_KEYS = ("arch", "num_classes", "in_chans", "output_stride", "channels")
 
 
-def producer(ckpt: str) -> dict[str, Any]:
-    assert ckpt in producers(), f"no config under configs/ writes {ckpt} (a ModelCheckpoint with save_last)"
-    return load(producers()[ckpt])
+def prerequisite_config(item: dict[str, Any]) -> dict[str, Any]:
+    return load(resolve_config(item["config"]))
 
 
-def classifier_spec(ckpt: str) -> dict[str, Any]:
-    """ClassifierModule arguments of the config that writes the classifier checkpoint ``ckpt``."""
-    cfg = producer(ckpt)
-    assert cfg["model"]["class_path"].endswith("ClassifierModule"), f"{ckpt} is not written by a classifier config"
-    spec = dict(init_args(cfg), pretrained=False)
+def classifier_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+    """ClassifierModule arguments of the classifier a config's run uses: its own (a classifier config), else
+    its classifier prerequisite's with the architecture keys it passes on, else its own architecture keys."""
+    args = init_args(cfg)
+    if cfg["model"]["class_path"].endswith("ClassifierModule"):
+        spec = dict(args)
+    else:
+        spec = {}
+        for item in cfg.get("prerequisites") or []:
+            if item["provides"] == "model.init_args.classifier_ckpt":
+                spec = classifier_spec(prerequisite_config(item))
+        spec.update({k: args[k] for k in ARCH_KEYS if args.get(k) is not None})
+    spec["pretrained"] = False
     # The embedded classifier config takes its class count from the data (the shapes module states it).
     spec["num_classes"] = spec.get("num_classes") or init_args(cfg, "data").get("num_classes")
-    assert spec["num_classes"], f"the config writing {ckpt} must state model.num_classes"
+    assert spec.get("arch") and spec["num_classes"], "the config must say (or pass on) the classifier"
     return spec
 
 
-def masker_spec(ckpt: str) -> tuple[dict[str, Any], int]:
-    """(classifier arguments, mask_scale) of the RTS / AID config that writes the masker checkpoint ``ckpt``."""
-    args = init_args(producer(ckpt))
-    return classifier_spec(args["classifier_ckpt"]), int(args.get("mask_scale", 2))
-
-
 def num_classes(cfg: dict[str, Any]) -> int:
-    args = init_args(cfg)
-    return int(args.get("num_classes") or classifier_spec(args["classifier_ckpt"])["num_classes"])
+    return int(classifier_spec(cfg)["num_classes"])
 
 
 @functools.cache
@@ -120,27 +109,34 @@ def write_data(cfg: dict[str, Any]) -> None:
                 (folder / f"c{i:04d}" / f"{j}.png").write_bytes(tiny_png())
 
 
-def write_checkpoints(cfg: dict[str, Any]) -> None:
-    """Random checkpoints at the paths the config's model reads (``*_ckpt``), unless already written."""
-    for key, value in init_args(cfg).items():
-        if not key.endswith("_ckpt") or not value or Path(value).is_file():
-            continue
-        Path(value).parent.mkdir(parents=True, exist_ok=True)
-        if key == "classifier_ckpt":
-            module = ClassifierModule(**classifier_spec(value))
-            torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, value)
+def write_checkpoints(cfg: dict[str, Any], folder: Path = Path("provided")) -> list[str]:
+    """Random checkpoints for what the config's prerequisites provide (a classifier with the architecture the
+    run uses, RTS / RTSA maskers of that classifier), written under ``folder``; the command-line arguments
+    that give them to the run (with ``--prerequisites []``, as :data:`CPU_OVERRIDES`)."""
+    spec = classifier_spec(cfg)
+    args = []
+    for item in cfg.get("prerequisites") or []:
+        other = prerequisite_config(item)
+        path = folder / f"{Path(item['config']).stem}.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if other["model"]["class_path"].endswith("ClassifierModule"):
+            module = ClassifierModule(**spec)
+            torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
         else:
-            spec, mask_scale = masker_spec(value)
-            masker = RTSMasker.from_classifier(ClassifierModule(**spec).classifier, mask_scale=mask_scale)
-            presence = init_args(producer(value)).get("presence")
+            masker = RTSMasker.from_classifier(ClassifierModule(**spec).classifier,
+                                               mask_scale=int(init_args(other).get("mask_scale", 2)))
+            presence = init_args(other).get("presence")
             if presence:  # an RTSA checkpoint of an AID run with a presence gate
                 masker.add_presence(presence)
-            torch.save({"state_dict": {f"masker.{k}": v for k, v in masker.state_dict().items()}}, value)
+            torch.save({"state_dict": {f"masker.{k}": v for k, v in masker.state_dict().items()}}, path)
+        args += [f"--{item['provides']}", str(path)]
+    return args
 
 
-def build(config: Path, cfg: dict[str, Any]) -> AIDCLI:
-    """The CLI of ``config`` (looked up by its name under configs/, as users pass it), objects built, not run."""
-    args = resolve_config_args(["--config", str(config.relative_to(CONFIGS))]) + CPU_OVERRIDES
+def build(config: Path, cfg: dict[str, Any], provided: list[str] = ()) -> AIDCLI:
+    """The CLI of ``config`` (looked up by its name under configs/, as users pass it), objects built, not run;
+    ``provided``: the prerequisites' checkpoints (:func:`write_checkpoints`)."""
+    args = resolve_config_args(["--config", str(config.relative_to(CONFIGS))]) + CPU_OVERRIDES + list(provided)
     if "pretrained" in init_args(cfg):
         args += ["--model.init_args.pretrained", "false"]
     return AIDCLI(
@@ -207,12 +203,10 @@ def test_paper_config_builds_its_model_data_trainer_and_callbacks(config, worksp
     cfg = load(config)
     monkeypatch.chdir(workspace)
     monkeypatch.setattr(sys, "argv", ["train.py"])  # the CLI gets its arguments from args= only
-    for item in cfg.get("prerequisites") or []:  # each prerequisite's config writes that very checkpoint
-        assert producers().get(item["checkpoint"]) == resolve_config(item["config"]).resolve()
+    for item in cfg.get("prerequisites") or []:  # each prerequisite's config exists and says what it provides
+        assert resolve_config(item["config"]).is_file() and item["provides"].startswith("model.init_args.")
     write_data(cfg)
-    write_checkpoints(cfg)
-
-    cli = build(config, cfg)
+    cli = build(config, cfg, write_checkpoints(cfg, Path(config.stem)))
 
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     assert isinstance(model, pydoc.locate(cfg["model"]["class_path"]))
@@ -251,30 +245,7 @@ def test_paper_config_builds_its_model_data_trainer_and_callbacks(config, worksp
         assert mask.shape[-2:] == (56, 56)  # the authors' 56×56 masks at 224 px
         assert logits.shape == (1, num_classes(cfg))
     elif isinstance(model, EvaluationModule):
-        assert ("rts" in model.interpreters()) == bool(init_args(cfg).get("rts_ckpt"))
+        provides = {item["provides"] for item in cfg.get("prerequisites") or []}
+        assert ("rts" in model.interpreters()) == ("model.init_args.rts_ckpt" in provides)
         assert {type(a).__name__ for a in attacks} >= {"PGD", "ADV2Mask"}
         assert any(isinstance(cb, ADV2Evaluation) for cb in evals)
-
-
-def export_commands() -> list[tuple[Path, str]]:
-    """(config, code) of the ``python -c "..."`` commands in the paper configs' header comments."""
-    out = []
-    for path in PAPER:
-        for line in path.read_text().splitlines():
-            m = re.match(r'#\s+python -c "(.+)"\s*$', line)
-            if m:
-                out.append((path, m.group(1)))
-    return out
-
-
-@pytest.mark.parametrize("config, code", export_commands(), ids=[p.name for p, _ in export_commands()])
-def test_the_export_command_of_a_header_writes_the_checkpoint_the_config_would_write(
-    config, code, tmp_path, monkeypatch
-):
-    assert "pretrained=True" in code
-    monkeypatch.chdir(tmp_path)
-    exec(code.replace("pretrained=True", "pretrained=False"), {})  # no network here: random weights
-    cfg = load(config)
-    ckpt = next(k for k, v in producers().items() if v == config)
-    classifier = load_classifier(ckpt, num_classes=init_args(cfg)["num_classes"])
-    assert classifier.backbone.pretrained_cfg["architecture"] == init_args(cfg)["arch"].split(".")[0]

@@ -8,7 +8,20 @@ import torch
 from torch import Tensor
 
 from aid.models import NormalizedClassifier, check_images
-from aid.registry import Registry
+from aid.registry import Registry, check_arguments
+
+
+def check_pixel_value(name: str, value: float) -> float:
+    """``value`` as a float if it lies in (0, 1] (a budget or step in pixel units of [0, 1] images), else a
+    ValueError naming ``name``, with the /255 reading of a value above 1 (``8`` -> ``8/255 = 0.031``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}") from err
+    if not 0 < v <= 1:
+        hint = f" (pixel values are in [0, 1]: {v:g}/255 = {v / 255:.3f})" if v > 1 else ""
+        raise ValueError(f"{name} must lie in (0, 1], got {value!r}{hint}")
+    return v
 
 
 @dataclass
@@ -38,8 +51,8 @@ class Attack:
 
     Args:
         classifier: target classifier ``f``.
-        eps: L∞ budget ε in pixel units of [0, 1] (paper: 0.031).
-        alpha: step size (paper: 1/255).
+        eps: L∞ budget ε in pixel units of [0, 1] (paper: 0.031); must lie in (0, 1] (8/255, not 8).
+        alpha: step size (paper: 1/255); must lie in (0, 1].
         steps: number of iterations.
         seed: seed of the attack's random numbers (random start, random choices); the same seed
             gives the same adversarial examples. A call with ``seeds`` (one per sample) draws each
@@ -59,10 +72,7 @@ class Attack:
         seed: int | None = 0,
         progress: bool = False,
     ) -> None:
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
+        eps, alpha = check_pixel_value("eps", eps), check_pixel_value("alpha", alpha)
         if int(steps) <= 0:
             raise ValueError(f"steps must be > 0, got {steps}")
         self.classifier = classifier
@@ -170,8 +180,43 @@ class Attack:
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
-def build_attack(name: str, *args, **kwargs) -> Attack:
-    """Instantiate the attack registered under ``name`` (pgd, adv2, stadv, adv2_stadv, adv2_adaptive)."""
-    import aid.attacks  # noqa: F401  (fills the registry)
+def attack_class(name: str, interpreter: object = None) -> type[Attack]:
+    """The class that ``build_attack(name, classifier, interpreter=interpreter)`` instantiates.
 
+    ``interpreter``: an interpreter, its family name (``"mask"``; a module's ``rts`` / ``rtsa`` are ``"rts"``)
+    or None. ``adv2`` and ``adv2_adaptive`` dispatch on the interpreter's family in their ``__new__``
+    (``ADV2_VARIANTS``: MASK -> :class:`~aid.attacks.adv2_mask.ADV2Mask` / ``ADV2MaskAdaptive``); this says
+    which class that is without building one, so that arguments can be checked before anything runs.
+    Unknown names raise the registry's ``KeyError``.
+    """
+    import aid.attacks  # noqa: F401  (fills the registry)
+    from aid.attacks.adaptive import ADV2Adaptive, ADV2MaskAdaptive
+    from aid.attacks.adv2 import ADV2, ADV2_VARIANTS
+    from aid.attacks.adv2_mask import ADV2Mask
+
+    cls = ATTACKS.get(name)
+    family = interpreter if isinstance(interpreter, str) or interpreter is None else getattr(interpreter, "name", None)
+    variant = ADV2_VARIANTS.get(family) if family is not None and family in ADV2_VARIANTS else None
+    if variant is not None and cls is ADV2:
+        return variant
+    if variant is ADV2Mask and cls is ADV2Adaptive:
+        return ADV2MaskAdaptive
+    return cls
+
+
+def build_attack(name: str, *args, **kwargs) -> Attack:
+    """Instantiate the attack registered under ``name`` (pgd, adv2, stadv, adv2_stadv, adv2_adaptive).
+
+    ``args`` / ``kwargs``: the attack's constructor arguments (classifier first; ``interpreter`` second or by
+    name). An unknown name raises a ``KeyError`` listing the allowed ones; a keyword argument that the
+    attack which will run (:func:`attack_class`) does not accept raises a ``ValueError`` naming it and
+    listing the accepted ones; a budget outside (0, 1] (``eps=8``) a ``ValueError`` naming it.
+
+    Example:
+        >>> attack = build_attack("pgd", classifier, eps=8 / 255, steps=10)
+        >>> attack = build_attack("adv2", classifier, interpreter=build_interpreter("cam", classifier))
+    """
+    interpreter = kwargs.get("interpreter", args[1] if len(args) > 1 else None)
+    cls = attack_class(name, interpreter)
+    check_arguments(f"attack {name!r} ({cls.__name__})", cls, kwargs)
     return ATTACKS.build(name, *args, **kwargs)

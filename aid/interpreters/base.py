@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from aid.model_state import frozen_eval
 from aid.models import NormalizedClassifier, check_images
-from aid.registry import Registry
+from aid.registry import Registry, check_arguments
 
 EPS = 1e-8
 
@@ -93,7 +93,16 @@ INTERPRETERS: Registry[Interpreter] = Registry("interpreter")
 
 
 def build_interpreter(name: str, classifier: NormalizedClassifier, **kwargs) -> Interpreter:
-    """Instantiate the interpreter registered under ``name`` (grad, cam, gradcam, ig, mask, rts, ensemble)."""
+    """Instantiate the interpreter registered under ``name`` (grad, cam, gradcam, ig, mask, rts, ensemble).
+
+    An unknown name raises a ``KeyError`` listing the allowed ones; a keyword argument the interpreter's
+    constructor does not accept raises a ``ValueError`` naming it and listing the accepted ones.
+
+    Example:
+        >>> mask = build_interpreter("mask", classifier, iterations=100)
+    """
     import aid.interpreters  # noqa: F401  (fills the registry)
 
-    return INTERPRETERS.build(name, classifier, **kwargs)
+    cls = INTERPRETERS.get(name)
+    check_arguments(f"interpreter {name!r} ({cls.__name__})", cls, kwargs, exclude=("classifier",))
+    return cls(classifier, **kwargs)

@@ -44,7 +44,7 @@ class AIDModule(RTSModule):
     """Train RTSA: an RTS masker with ADV² in the training loop.
 
     Args:
-        classifier_ckpt: checkpoint of the frozen target classifier.
+        classifier_ckpt: checkpoint of the frozen target classifier (or ``arch`` ..., as :class:`RTSModule`).
         rts_ckpt: start from this trained RTS checkpoint (``None``: from scratch). Its masker is also
             kept, frozen, as the ``rts`` interpreter so evaluations compare RTS with RTSA.
         aid_weight: weight of ℓ_aid in its optimiser step.
@@ -90,7 +90,7 @@ class AIDModule(RTSModule):
 
     def __init__(
         self,
-        classifier_ckpt: str,
+        classifier_ckpt: str | None = None,
         rts_ckpt: str | None = None,
         aid_weight: float = 1.0,
         attack_every_n_steps: int = 1,
@@ -125,7 +125,7 @@ class AIDModule(RTSModule):
             raise ValueError(f"model.presence must be a width >= 0 or 'encoder', got {presence!r}")
         if not train_masker and not presence and not train_encoder:
             raise ValueError("model.train_masker false leaves nothing to train: add model.presence")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["classifier"])
         self.automatic_optimization = False
         self.reference = None
         if rts_ckpt is not None:

@@ -11,6 +11,7 @@ import torchmetrics
 from torch import Tensor
 
 from aid.models import build_classifier
+from aid.runs.identity import data_description
 
 
 class ClassifierModule(pl.LightningModule):
@@ -84,6 +85,14 @@ class ClassifierModule(pl.LightningModule):
                 f"class-count mismatch: model.num_classes={self.hparams.num_classes} but the data has "
                 f"{dm_classes} classes; set model.num_classes to {dm_classes} or leave it unset"
             )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store what the classifier is trained on (class names, split sizes, image size) with its weights, so
+        that a run given this checkpoint can refuse it for other data."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        described = data_description(dm)
+        if described is not None:
+            checkpoint["data"] = described
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, K) of [0, 1] images (B, C, H, W)."""

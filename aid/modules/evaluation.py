@@ -7,11 +7,11 @@ import torch
 import torchmetrics
 from torch import Tensor
 
-from aid.checkpoints import load_classifier
+from aid.checkpoints import checkpoint_data
 from aid.interpreters import Interpreter
 from aid.interpreters.rts import RTSInterpreter, RTSMasker, load_masker_state
-from aid.models import build_classifier
-from aid.modules.data_checks import check_class_count
+from aid.modules.data_checks import check_class_count, check_same_data
+from aid.modules.target_classifier import target_classifier
 
 
 class EvaluationModule(pl.LightningModule):
@@ -19,9 +19,11 @@ class EvaluationModule(pl.LightningModule):
 
     Args:
         classifier_ckpt: checkpoint of a ``ClassifierModule``; or
-        arch: a timm model name used when no checkpoint is given (``pretrained`` passed through), for
-            users who evaluate pretrained models directly.
-        num_classes, pretrained, output_stride: for ``arch``.
+        arch: a timm model name used when no checkpoint is given (with ``num_classes``; ``pretrained`` passed
+            through), for users who evaluate pretrained models directly.
+        pretrained, num_classes, in_chans, output_stride, channels: the classifier's architecture: checked
+            against the checkpoint where set, else what ``arch`` builds.
+        classifier: a classifier object instead (Python API; not saved in hyper-parameters).
         rts_ckpt, rtsa_ckpt: checkpoints of ``RTSModule`` / ``AIDModule`` runs; they become the
             interpreters ``rts`` and ``rtsa``.
         mask_scale: the maskers' mask resolution divisor (as trained).
@@ -35,26 +37,24 @@ class EvaluationModule(pl.LightningModule):
         classifier_ckpt: str | None = None,
         arch: str | None = None,
         num_classes: int | None = None,
-        pretrained: bool = False,
-        output_stride: int = 32,
+        pretrained: bool | None = None,
+        output_stride: int | None = None,
         rts_ckpt: str | None = None,
         rtsa_ckpt: str | None = None,
         mask_scale: int = 2,
+        in_chans: int | None = None,
+        channels: list[int] | None = None,
+        classifier: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if classifier_ckpt is not None:
-            classifier = load_classifier(classifier_ckpt, num_classes=num_classes)
-        elif arch is not None and num_classes is not None:
-            classifier = build_classifier(
-                arch, num_classes=num_classes, pretrained=pretrained, output_stride=output_stride
-            )
-        else:
-            raise ValueError("give model.classifier_ckpt, or model.arch and model.num_classes")
-        self.classifier = classifier.eval().requires_grad_(False)
+        self.save_hyperparameters(ignore=["classifier"])
+        self.classifier = target_classifier(
+            classifier_ckpt, arch, pretrained, num_classes, in_chans, output_stride, channels, classifier
+        )
+        self._classifier_data = checkpoint_data(classifier_ckpt) if classifier_ckpt is not None else None
         # Record the real class count (what Lightning logs and checks against the datamodule's hparams).
-        self.hparams.num_classes = classifier.num_classes
-        self._hparams_initial.num_classes = classifier.num_classes
+        self.hparams.num_classes = self.classifier.num_classes
+        self._hparams_initial.num_classes = self.classifier.num_classes
         self.maskers = torch.nn.ModuleDict()
         for name, ckpt in (("rts", rts_ckpt), ("rtsa", rtsa_ckpt)):
             if ckpt is not None:
@@ -67,6 +67,7 @@ class EvaluationModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_class_count(self.classifier.num_classes, self.trainer, "the classifier")
+        check_same_data(self._classifier_data, self.trainer, f"classifier checkpoint {self.hparams.classifier_ckpt}")
 
     def interpreters(self) -> dict[str, Interpreter]:
         """``rts`` / ``rtsa`` interpreters from the given checkpoints."""
