@@ -106,10 +106,11 @@ def say(message: str) -> None:
 class Planned(Exception):  # noqa: N818  (a signal, not an error)
     """Raised by a planning parse: the run's identity and folder, known before anything is built."""
 
-    def __init__(self, identity: dict[str, Any], run_dir: Path) -> None:
+    def __init__(self, identity: dict[str, Any], run_dir: Path, plans: list[Plan]) -> None:
         super().__init__(str(run_dir))
         self.identity = identity
         self.run_dir = run_dir
+        self.plans = plans
 
 
 def _instantiate(namespace: Any) -> Any:
@@ -229,7 +230,7 @@ class AIDCLI(LightningCLI):
             name = cfg.get("run_name") or (Path(str(configs[0])).stem if configs else "run")
             self.run_dir = run_folder(cfg.get("runs_root") or "runs", name, self.identity)
         if self.plan_only:
-            raise Planned(self.identity, self.run_dir)
+            raise Planned(self.identity, self.run_dir, plans)
         if global_rank() == 0 and os.environ.get(LOCK_HELD_ENV) != str(self.run_dir.resolve()):
             try:
                 self._lock = RunLock(self.run_dir).acquire(wait=False)

@@ -2,12 +2,10 @@
 # What a lent GPU session runs (one call of the device tool, BUDGET seconds): the CUDA path of the main
 # job, beside it the sweeps of PLANS (each "plan.yaml:jobs") side by side on the one card. Python packages
 # the device image lacks travel as wheels in .whl/; a classifier and RTS trained here can travel in
-# .prereq/runs (then the main job trains only RTSA and the sweeps link them; without them both are
-# trained on the GPU first). See /work/.library/device/README.md.
+# .prereq/runs (their run folders: the main job and the sweeps then find them as finished prerequisites;
+# without them both are trained on the GPU first).
 #   OUT=/tmp/out BUDGET=420 PLANS="scripts/plans/mask_unrolled_gpu.yaml:7" bash scripts/gpu_session.sh
 # MAINJOB=0 runs the sweeps alone; ONLY="a,b" runs those variants of every plan.
-# Session 5 (H200): PLANS="scripts/plans/aid_variants.yaml:5 scripts/plans/mask_attack.yaml:3", no .prereq;
-# session 8 (H100): the usage line with .prereq, then MAINJOB=0 with ONLY for the variants left.
 set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -37,19 +35,19 @@ names=()
 for spec in $PLANS; do
   plan=${spec%%:*}; jobs=1; [ "$spec" != "$plan" ] && jobs=${spec##*:}   # "plan.yaml" alone: one job
   name=$(basename "$plan" .yaml); names+=("$name")
-  timeout $LEFT python3 scripts/sweep.py "$plan" --out "/tmp/sw_$name" --prereq . --jobs "$jobs" --threads 1 ${ONLY:+--only "$ONLY"} \
+  timeout $LEFT python3 scripts/sweep.py "$plan" --out "/tmp/sw_$name" --jobs "$jobs" --threads 1 ${ONLY:+--only "$ONLY"} \
     --deadline $(( LEFT > 300 ? LEFT - 150 : LEFT / 2 )) > "$OUT/sweep_$name.log" 2>&1 &
 done
 wait
 echo "[$(el) s] done"
-[ "${MAINJOB:-1}" = 1 ] && cp runs/rts_aid/report/summary.json "$OUT/mainjob_summary.json" 2>/dev/null
+[ "${MAINJOB:-1}" = 1 ] && cp runs/rts_aid-*/report/summary.json "$OUT/mainjob_summary.json" 2>/dev/null
 for n in "${names[@]}"; do cp "/tmp/sw_$n/results.json" "$OUT/results_$n.json" 2>/dev/null; done
 tar czf "$OUT/logs.tar.gz" /tmp/sw_*/*/log.txt runs/*/report/report.md "$OUT"/*.log 2>/dev/null
 grep -h "Total\|rc=" "$OUT/mainjob.log" 2>/dev/null | tail -3
 [ "${MAINJOB:-1}" = 1 ] && python3 - <<'PY'
-import json, os
-p = "runs/rts_aid/report/summary.json"
-d = json.load(open(p)) if os.path.exists(p) else {}
+import glob, json
+found = glob.glob("runs/rts_aid-*/report/summary.json")
+d = json.load(open(found[0])) if found else {}
 for k in ["localization/rts_vs_rtsa/l1", "adv2/rts/adv2/l1", "adv2/rtsa/adv2/l1", "adv2/grad/adv2/l1", "adv2/mask/adv2/iou"]:
     print(k, d.get(k))
 PY

@@ -18,9 +18,9 @@ with the benign map), then how the game ended: p_t with R deleted, with the inne
 and with MASK's own region deleted, and where MASK's map lies (its share inside R, the share of R
 it covers):
 
-    python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt            (64 images, 5 min)
-    python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt --w-region 30 --target-seed 1
-    python scripts/mask_minmax.py runs/classifier/checkpoints/last.ckpt --mask min_mask_size=8   (8×8 mask)
+    python scripts/mask_minmax.py            (64 images, 5 min)
+    python scripts/mask_minmax.py --w-region 30 --target-seed 1
+    python scripts/mask_minmax.py --mask min_mask_size=8   (8×8 mask)
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from scripts.shapes_images import correct_validation_images  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("classifier_ckpt")
+    p.add_argument("classifier_ckpt", nargs="?", default=None,
+                   help="classifier checkpoint (default: the main job's, found in ./runs)")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--steps", type=int, default=300, help="signed steps after the 30 PGD steps")
     p.add_argument("--every", type=int, default=10, help="steps between re-solves of the inner player")

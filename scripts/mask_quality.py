@@ -16,12 +16,12 @@ benign map: how much MASK's map moves when the class does not change.
 ``aid/interpreters/mask.py`` and README quote it (the configs' MASK is ``temperature=10,area_weight=1``;
 ``default`` is the interpreter's defaults, T = 1 and area weight 0.25):
 
-    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt temperature=10,area_weight=1 \
+    python scripts/mask_quality.py temperature=10,area_weight=1 \
         default perturbation=blur,area_weight=0.5 --pgd
-    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default temperature=10,area_weight=1 \
+    python scripts/mask_quality.py default temperature=10,area_weight=1 \
         temperature=10,area_weight=0.5 temperature=10,area_weight=2 perturbation=blur,area_weight=0.5
     python scripts/mask_quality.py <64 px classifier> default temperature=10,area_weight=1 --size 64
-    python scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt temperature=10,area_weight=1 --noise
+    python scripts/mask_quality.py temperature=10,area_weight=1 --noise
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def noise_stability(mask: MaskInterpreter, clf: NormalizedClassifier, x, y, beni
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("classifier_ckpt")
+    p.add_argument("classifier_ckpt", nargs="?", default=None,
+                   help="classifier checkpoint (default: the main job's, found in ./runs)")
     p.add_argument("settings", nargs="*", default=["default"], help="key=value,... or 'default'")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--size", type=int, default=32, help="image side the classifier was trained at")

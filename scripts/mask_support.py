@@ -12,7 +12,7 @@ image, the attack success rate and, on the successful images, IoU (top 25 %) and
 the result with the benign map, and the share of non-zero pixels of both maps. MASK's settings are
 configs/eval_adv2.yaml's.
 
-    python scripts/mask_support.py runs/classifier/checkpoints/last.ckpt     (64 images, 1 min)
+    python scripts/mask_support.py     (64 images, 1 min)
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def confined_pgd(classifier: nn.Module, x: Tensor, target: Tensor, support: Tens
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("classifier_ckpt")
+    p.add_argument("classifier_ckpt", nargs="?", default=None,
+                   help="classifier checkpoint (default: the main job's, found in ./runs)")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--eps", type=float, default=12 / 255)
     args = p.parse_args()

@@ -11,14 +11,14 @@ pixels, largest value, images whose PGD map shares no pixel with the benign one)
 deletion (its reference in place of the image) removes the class. README ("ADV² evaluation") quotes
 it:
 
-    python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --unroll 20 40
+    python scripts/mask_unrolled.py --unroll 20 40
     python scripts/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
 
 ``--mask key=value,...`` changes MASK's settings (``min_mask_size=8``: an 8×8 mask at 32 px instead of
 16×16) and ``--algorithm1`` also runs Algorithm 1 (ADV2Mask's default estimate, 30 + 30 steps as the
 config's row):
 
-    python scripts/mask_unrolled.py runs/classifier/checkpoints/last.ckpt --images 64 --unroll 20 \
+    python scripts/mask_unrolled.py --images 64 --unroll 20 \
         --mask min_mask_size=8 --algorithm1
 """
 
@@ -52,7 +52,8 @@ def eval_mask_kwargs() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("classifier_ckpt")
+    p.add_argument("classifier_ckpt", nargs="?", default=None,
+                   help="classifier checkpoint (default: the main job's, found in ./runs)")
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--unroll", type=int, nargs="*", default=[20, 40], help="MASK iterations unrolled")
     p.add_argument("--size", type=int, default=32, help="image side the classifier was trained at")

@@ -6,9 +6,9 @@ cells, upsampled and min-max normalised as CAM is) and (2) the L1 that ADV² rea
 the first 16 test images of the shapes data. GRAD's map is pooled by 4 as the configs' (``--pool 1``:
 the per-pixel map):
 
-    python scripts/patch_capacity.py runs/classifier/checkpoints/last.ckpt                 (CAM, 90 steps)
-    python scripts/patch_capacity.py runs/classifier/checkpoints/last.ckpt --interpreter grad --steps 300
-    python scripts/patch_capacity.py runs/classifier/checkpoints/last.ckpt --interpreter grad --steps 300 --pool 1
+    python scripts/patch_capacity.py                 (CAM, 90 steps)
+    python scripts/patch_capacity.py --interpreter grad --steps 300
+    python scripts/patch_capacity.py --interpreter grad --steps 300 --pool 1
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from aid.interpreters import build_interpreter  # noqa: E402
 from aid.interpreters.cam import upsample_normalize  # noqa: E402
 from aid.metrics import map_l1  # noqa: E402
 from datamodules import ShapesDataModule  # noqa: E402
+from scripts.shapes_images import embedded_classifier  # noqa: E402
 
 
 def best_grid_l1(patch: torch.Tensor, side: int = 4, steps: int = 2000) -> float:
@@ -44,13 +45,14 @@ def best_grid_l1(patch: torch.Tensor, side: int = 4, steps: int = 2000) -> float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("classifier_ckpt")
+    p.add_argument("classifier_ckpt", nargs="?", default=None,
+                   help="classifier checkpoint (default: the main job's, found in ./runs)")
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--interpreter", choices=["cam", "grad"], default="cam")
     p.add_argument("--steps", type=int, default=90, help="ADV² steps after the 30 warm-start steps")
     p.add_argument("--pool", type=int, default=4, help="GRAD's map pooling (the configs' 4; 1: per pixel)")
     args = p.parse_args()
-    clf = load_classifier(args.classifier_ckpt).eval()
+    clf = load_classifier(args.classifier_ckpt or embedded_classifier()).eval()
     data = ShapesDataModule(image_size=32, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
     data.setup("test")
     x, y = next(iter(data.test_dataloader()))[:2]

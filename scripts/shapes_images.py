@@ -15,13 +15,21 @@ from aid.models import NormalizedClassifier  # noqa: E402
 from datamodules import ShapesDataModule  # noqa: E402
 
 
+def embedded_classifier(size: int = 32) -> str:
+    """The best checkpoint of the embedded classifier at ``size`` px: the finished run that ``train.py --config
+    classifier.yaml`` makes (the main job's, at 32 px), found as configs find their prerequisites."""
+    from train import locate
+
+    return str(locate("classifier.yaml", "best", [] if size == 32 else ["--data.init_args.image_size", str(size)]))
+
+
 def correct_validation_images(
-    classifier_ckpt: str, size: int = 32, images: int = 64
+    classifier_ckpt: str | None, size: int = 32, images: int = 64
 ) -> tuple[NormalizedClassifier, Tensor, Tensor, Tensor]:
     """(frozen classifier, x (N, 3, size, size), y (N,), object masks (N, 1, size, size)): the first
     ``images`` images of the shapes data's first validation batch (seed 0, as the configs) that the
-    classifier classifies correctly."""
-    clf = load_classifier(classifier_ckpt).eval().requires_grad_(False)
+    classifier classifies correctly. ``classifier_ckpt`` None: :func:`embedded_classifier`."""
+    clf = load_classifier(classifier_ckpt or embedded_classifier(size)).eval().requires_grad_(False)
     data = ShapesDataModule(image_size=size, num_classes=clf.num_classes, val_size=1000, test_size=1000, seed=0)
     data.setup("fit")
     x, y, objects = next(iter(data.val_dataloader()))[:3]

@@ -109,27 +109,29 @@ def write_data(cfg: dict[str, Any]) -> None:
                 (folder / f"c{i:04d}" / f"{j}.png").write_bytes(tiny_png())
 
 
-def write_checkpoints(cfg: dict[str, Any], folder: Path = Path("provided")) -> list[str]:
-    """Random checkpoints for what the config's prerequisites provide (a classifier with the architecture the
-    run uses, RTS / RTSA maskers of that classifier), written under ``folder``; the command-line arguments
-    that give them to the run (with ``--prerequisites []``, as :data:`CPU_OVERRIDES`)."""
+def write_checkpoints(cfg: dict[str, Any], folder: Path = Path("provided"), keys: list[str] = ()) -> list[str]:
+    """Random checkpoints for what the config's prerequisites provide, and for the extra dotted ``keys``
+    (``model.init_args.rts_ckpt``), written under ``folder``: a classifier with the architecture the run
+    uses, RTS / RTSA maskers of that classifier; the command-line arguments that give them to the run (with
+    ``--prerequisites []``, as :data:`CPU_OVERRIDES`)."""
     spec = classifier_spec(cfg)
+    wanted = [(item["provides"], prerequisite_config(item)) for item in cfg.get("prerequisites") or []]
+    wanted += [(key, None) for key in keys if key not in dict(wanted)]
     args = []
-    for item in cfg.get("prerequisites") or []:
-        other = prerequisite_config(item)
-        path = folder / f"{Path(item['config']).stem}.ckpt"
+    for key, other in wanted:
+        path = folder / f"{key.rsplit('.', 1)[-1]}.ckpt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if other["model"]["class_path"].endswith("ClassifierModule"):
+        if key.endswith("classifier_ckpt"):
             module = ClassifierModule(**spec)
             torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
         else:
-            masker = RTSMasker.from_classifier(ClassifierModule(**spec).classifier,
-                                               mask_scale=int(init_args(other).get("mask_scale", 2)))
-            presence = init_args(other).get("presence")
-            if presence:  # an RTSA checkpoint of an AID run with a presence gate
-                masker.add_presence(presence)
+            source = init_args(other) if other is not None else {}
+            scale = int(source.get("mask_scale", init_args(cfg).get("mask_scale", 2)))
+            masker = RTSMasker.from_classifier(ClassifierModule(**spec).classifier, mask_scale=scale)
+            if source.get("presence"):  # an RTSA checkpoint of an AID run with a presence gate
+                masker.add_presence(source["presence"])
             torch.save({"state_dict": {f"masker.{k}": v for k, v in masker.state_dict().items()}}, path)
-        args += [f"--{item['provides']}", str(path)]
+        args += [f"--{key}", str(path)]
     return args
 
 

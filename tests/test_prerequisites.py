@@ -199,3 +199,46 @@ def test_a_checkpoint_given_explicitly_skips_its_prerequisite_and_the_plan_says_
     assert not folders(tmp_path, "classifier")
     record = json.loads((folders(tmp_path, "rts")[0] / "complete.json").read_text())
     assert record["identity"]["config"]["model"]["init_args"]["classifier_ckpt"] == str(path)
+
+
+def plan(config: str, *args: str):
+    """The planning parse of ``train.py --config config args`` (nothing built or trained)."""
+    from train import Planned, PlanningCLI, _cli_kwargs, resolve_config
+
+    try:
+        PlanningCLI(**_cli_kwargs(["fit", "--config", str(resolve_config(config)), *args]))
+    except Planned as planned:
+        return planned
+    raise AssertionError("planning did not stop")
+
+
+def test_the_main_jobs_prerequisites_are_the_runs_their_own_configs_make(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    main = plan("rts_aid.yaml")
+    classifier, rts = main.plans
+    assert classifier.run_dir == plan("classifier.yaml").run_dir
+    assert rts.run_dir == plan("rts.yaml").run_dir
+    assert [p.item.checkpoint for p in main.plans] == ["best", "last"]
+    assert "--data.init_args" not in classifier.args  # the data block travels whole
+    # other devices do not make other runs; another data size or architecture does
+    assert plan("rts_aid.yaml", "--trainer.accelerator", "cpu", "--trainer.devices", "2").plans[0].run_dir == \
+        classifier.run_dir
+    other = plan("rts_aid.yaml", "--data.init_args.image_size", "48", "--model.init_args.channels", "[8, 16, 32, 64]")
+    assert {p.run_dir for p in other.plans}.isdisjoint({classifier.run_dir, rts.run_dir})
+    assert other.run_dir != main.run_dir
+
+
+def test_locate_finds_the_checkpoint_of_a_finished_run_and_names_the_command_otherwise(tmp_path, monkeypatch):
+    from aid.runs.record import write_record
+    from train import locate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    with pytest.raises(FileNotFoundError, match="python train.py --config .*classifier.yaml"):
+        locate("classifier.yaml", "best")
+    planned = plan("classifier.yaml")
+    (planned.run_dir / "checkpoints").mkdir(parents=True)
+    (planned.run_dir / "checkpoints" / "best.ckpt").write_bytes(b"")
+    write_record(planned.run_dir, planned.identity, {"best": str(planned.run_dir / "checkpoints" / "best.ckpt")})
+    assert locate("classifier.yaml", "best") == planned.run_dir / "checkpoints" / "best.ckpt"

@@ -35,19 +35,22 @@ def test_classifier_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path
     env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *ARGS], cwd=cut, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = cut / "runs" / "classifier" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
+    while not list(cut.glob("runs/classifier-*/checkpoints/last.ckpt")) and time.time() < deadline \
+            and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    (last,) = cut.glob("runs/classifier-*/checkpoints/last.ckpt")
     epoch = load_checkpoint(last)["epoch"]
     assert epoch < 3, "the kill came after the last epoch"
 
     res = run_script([str(ROOT / "train.py"), *ARGS, "--ckpt_path", str(last)], cwd=cut)
     assert res.returncode == 0, res.stderr[-3000:]
-    a = weights(full / "runs" / "classifier" / "checkpoints" / "last.ckpt")
+    (uninterrupted,) = full.glob("runs/classifier-*/checkpoints/last.ckpt")
+    assert uninterrupted.parent.parent.name == last.parent.parent.name  # the same run, so the same folder
+    a = weights(uninterrupted)
     b = weights(last)
     assert a.keys() == b.keys()
     for k in a:

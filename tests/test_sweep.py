@@ -10,50 +10,64 @@ from tests.conftest import ROOT, load_script
 sweep = load_script("sweep")
 
 
-def test_patch_merges_dicts_and_list_items_by_index():
-    base = {"trainer": {"max_epochs": 1, "callbacks": [{"class_path": "A", "init_args": {"n": 1, "m": 2}}, {"x": 1}]}}
-    out = sweep.deep_merge(base, {"trainer": {"max_epochs": 2, "callbacks": {0: {"init_args": {"n": 5}}}}})
+CALLBACKS = [
+    {"class_path": "callbacks.adv2.ADV2Evaluation", "init_args": {"interpreters": ["grad"]}},
+    {"class_path": "callbacks.adv2.ADV2Evaluation", "init_args": {"prefix": "adv2_patch", "target_map": "patch"}},
+    {"class_path": "callbacks.squeeze.SqueezeDetection", "init_args": {}},
+]
+
+
+def test_patch_merges_dicts_and_addresses_callbacks_by_class_and_prefix():
+    base = {"trainer": {"max_epochs": 1, "callbacks": CALLBACKS}}
+    out = sweep.deep_merge(base, {"trainer": {"max_epochs": 2, "callbacks": {
+        "ADV2Evaluation:adv2_patch": {"init_args": {"seed": 1}}, "SqueezeDetection": None}}})
     assert out["trainer"]["max_epochs"] == 2
-    assert out["trainer"]["callbacks"][0] == {"class_path": "A", "init_args": {"n": 5, "m": 2}}
-    assert out["trainer"]["callbacks"][1] == {"x": 1}
-    assert base["trainer"]["callbacks"][0]["init_args"]["n"] == 1  # the base is not modified
+    assert [sweep.callback_label(cb) for cb in out["trainer"]["callbacks"]] == [
+        "ADV2Evaluation:adv2", "ADV2Evaluation:adv2_patch"]  # the default prefix counts
+    assert out["trainer"]["callbacks"][1]["init_args"] == {"prefix": "adv2_patch", "target_map": "patch", "seed": 1}
+    assert "seed" not in CALLBACKS[1]["init_args"]  # the base is not modified
 
 
-def test_patch_with_another_class_path_replaces_the_item_and_null_removes_one():
-    base = {"callbacks": [{"class_path": "A", "init_args": {"n": 1}}, {"class_path": "B"}, {"class_path": "C"}]}
-    out = sweep.deep_merge(base, {"callbacks": {0: {"class_path": "Z", "init_args": {"d": 0.9}}, 2: None}})
-    assert out["callbacks"] == [{"class_path": "Z", "init_args": {"d": 0.9}}, {"class_path": "B"}]
-    with pytest.raises(IndexError):
-        sweep.deep_merge(base, {"callbacks": {5: {"x": 1}}})
+def test_a_star_removes_the_callbacks_a_patch_does_not_name_and_a_plus_adds_one():
+    out = sweep.patch_callbacks(CALLBACKS, {"*": None, "ADV2Evaluation:adv2": {"init_args": {"seed": 3}},
+                                            "+ema": {"class_path": "E", "init_args": {"decay": 0.9}}})
+    assert [cb["class_path"] for cb in out] == ["callbacks.adv2.ADV2Evaluation", "E"]
+    assert out[0]["init_args"]["seed"] == 3
 
 
-def test_variant_links_replace_the_defaults_and_the_written_config_is_patched(tmp_path):
+@pytest.mark.parametrize("selector", ["ADV2Evaluation", "ADV2Evaluation:nope", "Missing", 0])
+def test_a_selector_that_is_ambiguous_unknown_or_a_position_is_refused_naming_the_callbacks(selector):
+    with pytest.raises(ValueError) as err:
+        sweep.patch_callbacks(CALLBACKS, {selector: {"init_args": {}}})
+    assert "ADV2Evaluation:adv2_patch" in str(err.value) or "not by position" in str(err.value)
+
+
+def test_a_variant_runs_in_its_own_run_folder_with_prerequisites_in_the_shared_runs_folder(tmp_path):
     plan = {
-        "defaults": {"config": "configs/rts.yaml", "links": {"runs/classifier": "c", "runs/rts": "r"},
-                     "patch": {"trainer": {"max_epochs": 7}}},
-        "variants": [{"name": "a", "links": {"runs/classifier": "c"}, "patch": {"model": {"init_args": {"lr": 0.5}}}}],
+        "defaults": {"config": "configs/rts.yaml", "patch": {"trainer": {"max_epochs": 7}}},
+        "variants": [{"name": "a", "patch": {"model": {"init_args": {"lr": 0.5}}}},
+                     {"name": "b", "stage": 1, "args": ["--model.init_args.classifier_ckpt", "@a/checkpoints/x.ckpt"]}],
     }
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
-    (tmp_path / "c").mkdir()
-    seen = {}
+    commands = {}
 
-    def fake_run(v, out, prereq, timeout, threads):
-        seen.update(v)
+    def fake_run(v, out, runs, timeout, threads):
         workdir = out / v["name"]
         workdir.mkdir(parents=True)
-        sweep.make_links(v, workdir, out, prereq)
-        sweep.variant_command(v, workdir)
+        commands[v["name"]] = sweep.variant_command(v, workdir, out, runs)
         return {"name": v["name"], "status": "ok", "seconds": 0.0, "metrics": {}}
 
     sweep.run_variant, original = fake_run, sweep.run_variant
     try:
-        sweep.main([str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out"), "--prereq", str(tmp_path)])
+        sweep.main([str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "r")])
     finally:
         sweep.run_variant = original
-    assert seen["links"] == {"runs/classifier": "c"}
-    workdir = tmp_path / "out" / "a"
-    assert (workdir / "runs" / "classifier").is_symlink() and not (workdir / "runs" / "rts").exists()
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    out = tmp_path / "out"
+    cmd = commands["a"]
+    assert cmd[cmd.index("--run_dir") + 1] == str(out / "a" / "run")
+    assert cmd[cmd.index("--runs_root") + 1] == str(tmp_path / "r")
+    assert commands["b"][-1] == str(out / "a" / "run" / "checkpoints" / "x.ckpt")
+    config = yaml.safe_load((out / "a" / "config.yaml").read_text())
     assert config["trainer"]["max_epochs"] == 7 and config["model"]["init_args"]["lr"] == 0.5
 
 
@@ -61,6 +75,6 @@ def test_a_variants_subcommand_comes_before_the_config(tmp_path):
     v = {"name": "a", "script": "evaluate.py", "subcommand": "validate", "config": "configs/eval_adv2.yaml",
          "args": ["--seed_everything", "1"]}
     cmd = sweep.variant_command(v, tmp_path)
-    assert cmd[1:] == [str(ROOT / "evaluate.py"), "validate", "--config", str(tmp_path / "config.yaml"),
-                       "--seed_everything", "1"]
+    assert cmd[1:4] == [str(ROOT / "evaluate.py"), "validate", "--config"]
+    assert cmd[-2:] == ["--seed_everything", "1"]
     assert "validate" not in sweep.variant_command({**v, "subcommand": None}, tmp_path)

@@ -33,26 +33,32 @@ def plan_variants() -> list[tuple[str, dict]]:
 VARIANTS = plan_variants()
 
 
-def test_every_plan_has_unique_names_and_links_only_to_earlier_stages():
+def test_every_plan_has_unique_names_and_points_only_into_earlier_stages():
     for name in {p for p, _ in VARIANTS}:
         variants = [v for p, v in VARIANTS if p == name]
         stages = {v["name"]: int(v.get("stage", 0)) for v in variants}
         assert len(stages) == len(variants), f"{name}: duplicate variant names"
         for v in variants:
-            for src in (v.get("links") or {}).values():
-                if src.startswith("@"):
-                    other = src[1:].split("/")[0]
-                    assert stages.get(other, 1 << 30) < stages[v["name"]], f"{name}/{v['name']} links {src}"
+            assert not {"links", "report"} & set(v), f"{name}/{v['name']}: links and report are gone"
+            for arg in map(str, v.get("args") or []):
+                if arg.startswith("@"):
+                    other = arg[1:].split("/")[0]
+                    assert stages.get(other, 1 << 30) < stages[v["name"]], f"{name}/{v['name']} points to {arg}"
 
 
 @pytest.mark.parametrize("plan,variant", VARIANTS, ids=[f"{p}:{v['name']}" for p, v in VARIANTS])
 def test_plan_variant_config_builds_its_model_callbacks_and_attacks(plan, variant, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["train.py"])
-    cmd = sweep.variant_command(variant, tmp_path)
+    sweep.variant_command(variant, tmp_path)  # writes the patched config.yaml
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    write_checkpoints(cfg)
-    args = cmd[cmd.index("--config"):] + CPU_OVERRIDES
+    # Stand-in checkpoints for what the prerequisites provide and for those a variant takes from another
+    # variant's run (``@other/...``, given as ``--model.init_args.<key> PATH``).
+    extra = list(map(str, variant.get("args") or []))
+    given = [extra[i] for i in range(len(extra) - 1) if extra[i].startswith("--model.init_args.")]
+    provided = write_checkpoints(cfg, tmp_path / "provided", [k.removeprefix("--") for k in given])
+    rest = [a for i, a in enumerate(extra) if a not in given and (i == 0 or extra[i - 1] not in given)]
+    args = ["--config", str(tmp_path / "config.yaml"), *provided, *rest, *CPU_OVERRIDES]
     if "pretrained" in (cfg["model"].get("init_args") or {}):
         args += ["--model.init_args.pretrained", "false"]
     cli = AIDCLI(args=args, run=False, save_config_kwargs={"overwrite": True},
