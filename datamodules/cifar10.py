@@ -9,6 +9,7 @@ import torchvision.datasets as tv_datasets
 from torch.utils.data import Subset
 from torchvision import transforms
 
+from datamodules.augment import resolve_mode
 from datamodules.common import SplitDataModule, ZeroMaskDataset, check_positive_int
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -27,7 +28,9 @@ class CIFAR10DataModule(SplitDataModule):
         val_size: training images held out for validation, 1 to 49999 (default 5000).
         batch_size: images per batch (default 128).
         num_workers: DataLoader worker processes (default 0).
-        seed: seed of the hold-out split and of the training shuffle (default 0).
+        seed: seed of the hold-out split, the training shuffle and augmentation (default 0).
+        augment: training augmentation on the device (:mod:`datamodules.augment`; default ``"crop"``: random
+            crops of the 4-pixel zero-padded image and flips), or ``"none"``.
         download: download the archive when it is missing (default True).
 
     Without network and without the files, ``prepare_data`` / ``setup`` raise a ``RuntimeError`` that says
@@ -41,8 +44,9 @@ class CIFAR10DataModule(SplitDataModule):
     has_masks = False
 
     def __init__(self, root: str = "data/cifar10", val_size: int = 5000, batch_size: int = 128,
-                 num_workers: int = 0, seed: int = 0, download: bool = True) -> None:
+                 num_workers: int = 0, seed: int = 0, download: bool = True, augment: str = "crop") -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        self.augment_mode = resolve_mode(augment, 32)
         self.root = root
         self.val_size = check_positive_int("val_size", val_size)
         if val_size >= _TRAIN_SIZE:

@@ -17,6 +17,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.augment import augment_batch, batch_generator
+
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     """``value`` as an int if it is an integer >= ``minimum``, else a ValueError naming ``name``."""
@@ -103,6 +105,19 @@ class SplitDataModule(pl.LightningDataModule):
         self.num_workers = check_positive_int("num_workers", num_workers, minimum=0)
         self.seed = int(seed)
         self._splits: dict[str, Dataset] = {}
+
+    #: Training augmentation applied on the device (:mod:`datamodules.augment`); ``"none"``: off.
+    augment_mode: str = "none"
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches (``augment_mode``), seeded by (seed, global step, rank); others pass."""
+        trainer = getattr(self, "trainer", None)
+        if self.augment_mode == "none" or trainer is None or not trainer.training:
+            return batch
+        x, y, m = batch[0], batch[1], batch[2]
+        gen = batch_generator(self.seed, trainer.global_step, trainer.global_rank)
+        x, m = augment_batch(x, m, self.augment_mode, gen)
+        return (x, y, m, *batch[3:])
 
     def describe(self) -> dict:
         """What the data is, for run folders and checkpoints (a run on other data never reuses this one's):

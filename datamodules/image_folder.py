@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from datamodules.augment import resolve_mode
 from datamodules.common import SplitDataModule, check_positive_int
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -200,7 +201,13 @@ class ImageFolderDataModule(SplitDataModule):
         mask_root: folder of ground-truth masks ``<mask_root>/<split>/<class>/<stem>.png`` (binarised at
             0.5, resized with nearest neighbours); every image needs one. ``None``: zero masks and
             ``has_masks`` is False.
-        seed: seed of the training shuffle (default 0).
+        seed: seed of the training shuffle, augmentation and ``train_size`` subset (default 0).
+        train_size: train on a seeded random subset of this many training images (default None: all of
+            them); the validation and test splits stay whole.
+        augment: training augmentation, on the device (:mod:`datamodules.augment`): ``"auto"`` (default:
+            ``"crop"`` below 64 px, random crops of the zero-padded image and flips as for CIFAR;
+            ``"resized_crop"`` from 64 px on, random crops of 35–100 % of the area and flips as for
+            ImageNet), one of those two, or ``"none"``. Validation and test batches are never augmented.
         corrupt: what unreadable image files do. ``"error"`` (default): nothing is scanned; loading such a
             file raises a ``RuntimeError`` naming it. ``"skip"``: ``setup`` decodes every file of the split
             fully (``Image.load``, in threads; a full pass over the data, minutes on ImageNet-size folders),
@@ -224,12 +231,14 @@ class ImageFolderDataModule(SplitDataModule):
     def __init__(self, root: str, train_split: str = "train", val_split: str = "val",
                  test_split: str | None = None, image_size: int = 224, resize: int | None = None,
                  batch_size: int = 64, num_workers: int = 0, mask_root: str | None = None, seed: int = 0,
-                 corrupt: str = "error") -> None:
+                 corrupt: str = "error", augment: str = "auto", train_size: int | None = None) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {str(root)!r} does not exist or is not a folder")
         self._image_size = check_positive_int("image_size", image_size)
+        self.augment_mode = resolve_mode(augment, self._image_size)
+        self.train_size = None if train_size is None else check_positive_int("train_size", train_size)
         if resize is None:
             resize = image_size if image_size < 64 else int(image_size / 0.875)
         self.resize = check_positive_int("resize", resize, minimum=image_size)
@@ -286,6 +295,8 @@ class ImageFolderDataModule(SplitDataModule):
             raise ValueError(
                 f"split folder {str(split_dir)!r} holds no images (extensions {', '.join(IMG_EXTENSIONS)})"
             )
+        if split == "train":
+            samples = [samples[i] for i in self._subset(len(samples))]
         if self.corrupt == "skip":
             # Decoding releases the GIL: threads make the full pass several times faster.
             with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
@@ -323,12 +334,21 @@ class ImageFolderDataModule(SplitDataModule):
                 same = [s for s in self._splits if self.split_names[s] == self.split_names[split]]
                 self._splits[split] = self._splits[same[0]] if same else self._build(split)
 
+    def _subset(self, total: int) -> list[int]:
+        """Indices of the training images used: all, or a seeded random ``train_size`` of them, in order."""
+        if self.train_size is None or self.train_size >= total:
+            return list(range(total))
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(self.seed))
+        return sorted(order[: self.train_size].tolist())
+
     def split_sizes(self) -> dict[str, int]:
-        """Image files per split folder (listed, not decoded: before ``corrupt='skip'`` drops any)."""
+        """Image files per split folder (listed, not decoded: before ``corrupt='skip'`` drops any), the
+        training split after ``train_size``."""
         out = {}
         for split, name in self.split_names.items():
             folder = self._split_dir(name)
             out[split] = sum(len(_image_files(folder / c)) for c in _class_names(folder))
+        out["train"] = len(self._subset(out["train"]))
         return out
 
     @property
