@@ -279,7 +279,8 @@ class AIDCLI(LightningCLI):
             except ValueError as err:
                 raise SystemExit(str(err)) from None
             if cfg.get(item.provides) is not None:
-                say(f"[prerequisite] {item.config}: not made, {item.provides} is set ({cfg.get(item.provides)})")
+                if not self.plan_only:
+                    say(f"[prerequisite] {item.config}: not made, {item.provides} is set ({cfg.get(item.provides)})")
                 continue
             plan = self._plan(item, cfg, tuple(passed))
             cfg[item.provides] = str(plan.checkpoint())

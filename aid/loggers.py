@@ -1,9 +1,12 @@
-"""Weights & Biases logger that is offline unless the user turns it on, and never hangs."""
+"""Weights & Biases logger that is offline unless the user turns it on, and never hangs; a report's tables and
+files logged to a W&B run."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pytorch_lightning.loggers import WandbLogger
 
@@ -45,3 +48,37 @@ class OfflineWandbLogger(WandbLogger):
         super().__init__(
             save_dir=save_dir, project=project, name=name, offline=not online, settings=settings, **kwargs
         )
+
+
+def report_artifact_name(logger: WandbLogger) -> str:
+    """Name of the run's report artifact: ``report-<W&B run id>`` (like Lightning's ``model-<run id>``)."""
+    return f"report-{logger.experiment.id}"
+
+
+def log_report(
+    logger: WandbLogger, tables: Mapping[str, Any], files: Mapping[str, Path], step: int | None = None
+) -> str:
+    """Log a report to one W&B run: each table under its key, and the files as one artifact of type ``report``.
+
+    Works offline (the records land in ``<save_dir>/wandb/offline-run-*``; ``wandb sync`` uploads them).
+    Logging again adds a new version of the same artifact when a file changed.
+
+    Args:
+        logger: the W&B logger (rank zero).
+        tables: ``wandb.Table`` objects by key (e.g. ``report/adv2/attacks``).
+        files: path inside the artifact (e.g. ``figures/grids_attacks.png``) -> file on disk.
+        step: the trainer's global step for the tables (None: W&B's own step).
+
+    Returns:
+        The artifact's name, :func:`report_artifact_name`.
+    """
+    import wandb
+
+    if tables:
+        logger.log_metrics(dict(tables), step=step)
+    name = report_artifact_name(logger)
+    artifact = wandb.Artifact(name, type="report", description="report.md, summary.json and figures of the run")
+    for inside, path in files.items():
+        artifact.add_file(str(path), name=inside)
+    logger.experiment.log_artifact(artifact)
+    return name

@@ -29,7 +29,7 @@ import common
 import torch
 
 from aid.attacks.adv2 import make_adv2
-from aid.attacks.adv2_mask import MaskFollower
+from aid.attacks.mask_follower import MaskFollower
 from aid.attacks.pgd import PGD, signed_step
 from aid.attacks.schedules import BestIterate
 from aid.attacks.strategies import unique_modules

@@ -17,6 +17,7 @@ from callbacks.attack_cache import batch_key, cached, interpreter_key, settings_
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
 from callbacks.settings import attack_settings, check_choices
+from callbacks.tables import ReportTable
 
 INTERPRETER_FREE = ("pgd", "stadv")  # attacks that only fool the classifier
 ATTACK_NAMES = ("pgd", "adv2", "stadv", "adv2_stadv", "adv2_adaptive")
@@ -82,10 +83,20 @@ class ADV2Evaluation(EvaluationCallback):
             callback is built (:mod:`callbacks.settings`): keys ``<attack>`` or ``<attack>.<interpreter>``
             among ``ATTACK_NAMES``, inner keys arguments of the attack that will run. An un-suffixed table's
             key reaches the interpreters whose attack takes it (``n_reset`` reaches MASK's ``ADV2Mask`` only).
+            Against MASK, ``estimate`` picks the attack (``"algorithm1"``, the default, ``"unrolled"``,
+            ``"minmax"``; :mod:`aid.attacks.adv2_mask`) and the other keys must be its arguments.
         interpreter_kwargs: settings per registry interpreter (``{"mask": {"iterations": 100}}``), checked
             against the interpreter's constructor.
         prefix: first part of the metric names.
         num_images, batch_size, every_n_epochs, split, seed, progress: see ``EvaluationCallback``.
+
+    Example (config)::
+
+        - class_path: callbacks.adv2.ADV2Evaluation
+          init_args:
+            interpreters: [cam, mask]
+            attacks: [pgd, adv2]
+            attack_kwargs: {adv2: {steps: 90}, adv2.mask: {estimate: minmax, steps: 300}}
     """
 
     name = "adv2"
@@ -180,19 +191,16 @@ class ADV2Evaluation(EvaluationCallback):
 
     def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
         cols = ["asr", "mc", "l1", "l2", "iou"] + (["l1_target"] if self.target_map != "benign" else [])
-        lines = [
+        rows = [
+            [name, attack, *(values.get(f"{self.prefix}/{name}/{attack}/{c}") for c in cols)]
+            for name in self.interpreters
+            for attack in self.attacks
+        ]
+        report.add_section(
+            self.prefix,
             f"## {self.prefix}: attacks per interpreter (target map: {self.target_map})",
-            "",
             "Attack success rate (asr), mean target confidence (mc) and the distance between adversarial and"
             " benign maps (l1, l2 per pixel; iou of the top-25% regions), over successful examples"
             " (paper Table 3, Figures 5–6" + (", Table 7" if self.target_map != "benign" else "") + ").",
-            "",
-            "| interpreter | attack | " + " | ".join(cols) + " |",
-            "|---|---|" + "---|" * len(cols),
-        ]
-        for name in self.interpreters:
-            for attack in self.attacks:
-                base = f"{self.prefix}/{name}/{attack}"
-                cells = [f"{values[f'{base}/{c}']:.3f}" if f"{base}/{c}" in values else "–" for c in cols]
-                lines.append(f"| {name} | {attack} | " + " | ".join(cells) + " |")
-        report.add_section(self.prefix, "\n".join(lines))
+            ReportTable("attacks", ["interpreter", "attack", *cols], rows),
+        )

@@ -27,6 +27,7 @@ from aid.model_state import frozen_eval
 from callbacks.attack_cache import settings_key
 from callbacks.report import ReportWriter, find_report
 from callbacks.settings import check_attack_kwargs, check_interpreter_kwargs, check_interpreter_names
+from callbacks.tables import ReportTable, four_decimals
 
 
 @dataclass
@@ -226,8 +227,8 @@ class EvaluationCallback(Callback):
     def selection_generator(self, selection: dict[str, Tensor], offset: int = 0) -> torch.Generator:
         """A CPU generator for random numbers drawn once for the whole ``selection`` (so an image's draw
         does not depend on the batch size, the number of processes or the device), seeded with ``seed`` +
-        ``offset`` + the first selected image's dataset index (what one batch of the whole selection
-        used before these draws moved here)."""
+        ``offset`` + the first selected image's dataset index (the seed of a single batch holding the whole
+        selection)."""
         return torch.Generator().manual_seed(self.seed + offset + int(selection["index"][0]))
 
     def batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> Iterator[EvalBatch]:
@@ -252,7 +253,8 @@ class EvaluationCallback(Callback):
         classifier: torch.nn.Module,
         batches: list[EvalBatch],
     ) -> dict[str, Metric]:
-        """Evaluate this rank's batches; return torchmetrics keyed by the DESIGN.md metric names."""
+        """Evaluate this rank's batches; return torchmetrics keyed by metric name
+        (``<name>/...``, e.g. ``adv2/cam/pgd/l1``: the keys of the logger and the report)."""
         raise NotImplementedError  # abstractmethod: each evaluation implements its experiment
 
     def publish(self, trainer: pl.Trainer, values: dict[str, Tensor]) -> None:
@@ -276,13 +278,15 @@ class EvaluationCallback(Callback):
         split = self._selected_split or "?"
         short = f" (fewer than the {self.num_images} asked: the split has no more)" if count < self.num_images else ""
         note = f"Images: {int(count)} correctly classified images of split `{split}`{short}."
-        report.add_section(self.name, report.sections[self.name] + "\n" + note)
+        report.extend_section(self.name, note)
 
     def write_report(self, trainer: pl.Trainer, report: ReportWriter, values: dict[str, float]) -> None:
-        """Add this evaluation's Markdown section / tables / figures (rank zero). Default: a flat table."""
-        lines = [f"## {self.name}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| `{k}` | {v:.4f} |" for k, v in values.items()]
-        report.add_section(self.name, "\n".join(lines))
+        """Add this evaluation's report section (rank zero): Markdown text, tables as data
+        (:class:`~callbacks.tables.ReportTable`, also logged to W&B) and figures. Default: a flat table
+        ``metric | value``."""
+        table = ReportTable("metrics", ["metric", "value"], [[k, v] for k, v in values.items()], fmt=four_decimals,
+                            code=(0,))
+        report.add_section(self.name, f"## {self.name}", table)
 
 
 def resolve_interpreters(

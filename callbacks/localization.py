@@ -11,6 +11,7 @@ from aid.metrics import Localization, MapDistance
 from callbacks.adv2 import benign_maps
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
+from callbacks.tables import ReportTable
 
 
 class LocalizationEvaluation(EvaluationCallback):
@@ -27,6 +28,11 @@ class LocalizationEvaluation(EvaluationCallback):
         interpreter_kwargs: settings per registry interpreter.
         compare: optional pair of interpreter names whose benign maps are compared.
         other args: see ``EvaluationCallback``.
+
+    Example (config)::
+
+        - class_path: callbacks.localization.LocalizationEvaluation
+          init_args: {interpreters: [rts, rtsa], compare: [rts, rtsa]}
     """
 
     name = "localization"
@@ -74,19 +80,15 @@ class LocalizationEvaluation(EvaluationCallback):
         return metrics
 
     def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
-        lines = [
+        rows = [[n, values.get(f"localization/{n}/iou"), values.get(f"localization/{n}/energy")]
+                for n in self.interpreters]
+        parts = [
             "## Localisation against ground-truth object masks",
-            "",
             "IoU of each benign map (binarised at the object's area) with the object mask, and the share of"
             " map energy inside the object.",
-            "",
-            "| interpreter | iou | energy |",
-            "|---|---|---|",
+            ReportTable("localization", ["interpreter", "iou", "energy"], rows),
         ]
-        for n in self.interpreters:
-            iou, energy = values.get(f"localization/{n}/iou"), values.get(f"localization/{n}/energy")
-            lines.append(f"| {n} | {iou:.3f} | {energy:.3f} |")
         if self.compare:
             key = f"localization/{self.compare[0]}_vs_{self.compare[1]}/l1"
-            lines += ["", f"Benign L1 between {self.compare[0]} and {self.compare[1]} maps: {values[key]:.4f}"]
-        report.add_section(self.name, "\n".join(lines))
+            parts.append(f"Benign L1 between {self.compare[0]} and {self.compare[1]} maps: {values[key]:.4f}")
+        report.add_section(self.name, *parts)

@@ -12,9 +12,8 @@ class ChannelsLast(Callback):
 
     Convolutions then run in NHWC, which tensor cores on recent GPUs prefer (most with bf16); inputs in
     NCHW are accepted as they are, the first convolution's output follows its weight's format. Off by
-    default. On this project's 2-core CPU it made a PGD step 17 % faster at batch 32
-    (benchmarks/bench_switches.py) but a quick check at batch 8 was slower, so the embedded configs do not
-    turn it on. Outputs, maps and attacks are the same up to float rounding.
+    default, and the embedded (CPU) configs leave it off: on a CPU the gain depends on the batch size and
+    can be a loss. Outputs, maps and attacks are the same up to float rounding.
 
     Example (config)::
 

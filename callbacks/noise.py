@@ -7,7 +7,6 @@ its map more than one that does not (RTS).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +19,7 @@ from callbacks.adv2 import benign_maps
 from callbacks.evaluation import EvalBatch, EvaluationCallback, _dataset, resolve_interpreters
 from callbacks.report import ReportWriter
 from callbacks.settings import check_choices
+from callbacks.tables import ReportTable
 
 NOISES = ("normal", "uniform")
 
@@ -202,29 +202,23 @@ class NoiseSensitivity(EvaluationCallback):
         return metrics
 
     def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
-        cols = [(kind, level_name(r)) for kind in self.noises for r in self.target_rates]
-
-        def cell(key: str) -> str:
-            v = values.get(key, math.nan)
-            return "–" if math.isnan(v) else f"{v:.3f}"
-
+        levels = [f"{kind}_{level_name(r)}" for kind in self.noises for r in self.target_rates]
         first = self.interpreters[0]
-        lines = [
-            "## Noise sensitivity (paper Figure 15)",
-            "",
-            "Noise calibrated to misclassify the given share of validation inputs (σ: normal standard"
-            " deviation / uniform half-width, pixels in [0, 1]). Cells: L1 between clean and noisy maps over"
-            " all images / over the misclassified ones (noisy map for the predicted class).",
-            "",
-            "| | " + " | ".join(f"{kind} {lvl}%" for kind, lvl in cols) + " |",
-            "|---|" + "---|" * len(cols),
-            "| σ | " + " | ".join(cell(f"noise/{kind}_{lvl}/sigma") for kind, lvl in cols) + " |",
-            "| misclassified | "
-            + " | ".join(cell(f"noise/{first}/{kind}_{lvl}/misclassified") for kind, lvl in cols)
-            + " |",
+        rows = [
+            ["σ", *(values.get(f"noise/{lvl}/sigma") for lvl in levels)],
+            ["misclassified", *(values.get(f"noise/{first}/{lvl}/misclassified") for lvl in levels)],
         ]
         for name in self.interpreters:
-            bases = [f"noise/{name}/{kind}_{lvl}" for kind, lvl in cols]
-            cells = [f"{cell(f'{b}/l1')} / {cell(f'{b}/l1_misclassified')}" for b in bases]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        report.add_section(self.name, "\n".join(lines))
+            rows.append([name, *(values.get(f"noise/{name}/{lvl}/l1") for lvl in levels)])
+            rows.append([f"{name} (misclassified)", *(values.get(f"noise/{name}/{lvl}/l1_misclassified")
+                                                      for lvl in levels)])
+        columns = ["", *(f"{kind} {level_name(r)}%" for kind in self.noises for r in self.target_rates)]
+        report.add_section(
+            self.name,
+            "## Noise sensitivity (paper Figure 15)",
+            "Noise calibrated to misclassify the given share of validation inputs (σ: normal standard"
+            " deviation / uniform half-width, pixels in [0, 1]; misclassified: the share reached). Rows per"
+            " interpreter: L1 between clean and noisy maps over all images, then over the misclassified ones"
+            " (noisy map for the predicted class).",
+            ReportTable("l1", columns, rows),
+        )

@@ -1,6 +1,6 @@
 """Published numbers of Zhang et al. 2020 ("Interpretable Deep Learning under Fire"), keyed by our metric names.
 
-Transcribed by hand from /work/shared/reference/adv2-paper.txt; each block cites its table. Only numbers
+Transcribed by hand from the paper's text; each block cites its table. Only numbers
 printed in the text or in tables are here: Figures 5–6, 9–10, 13, 20 and 22 are plots without printed
 values. Rates (ASR, detection rates) are fractions in [0, 1] as our metrics are (the paper's 98% is 0.98);
 mc is the target-class probability; l1 / l2 are per-pixel map distances (the paper divides L1 by the number

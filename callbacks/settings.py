@@ -4,12 +4,14 @@ training), so that a typo fails at parse time instead of after a whole training 
 * interpreter names: a registry name (``aid.interpreters.INTERPRETERS``) or one a module provides (``rts``,
   ``rtsa``);
 * ``attack_kwargs``: keys ``<attack>`` or ``<attack>.<interpreter>``; inner keys are arguments of the attack
-  that will run (for ADV² that depends on the interpreter's family: ``ADV2``, ``ADV2Mask`` for MASK, ...,
-  see :func:`aid.attacks.base.attack_class`), ``strategy_kwargs`` keys arguments of the family's ℓ_int
+  that will run (for ADV² that depends on the interpreter's family and, for MASK, on ``estimate``: ``ADV2``,
+  ``ADV2Mask`` / ``ADV2MaskUnrolled`` / ``ADV2MaskMinMax`` for MASK, ..., see
+  :func:`aid.attacks.base.attack_class`), ``strategy_kwargs`` keys arguments of the family's ℓ_int
   strategy; ``eps`` / ``alpha`` lie in (0, 1]. An un-suffixed table (``adv2``) applies to every interpreter
   of the callback, so one of its keys must fit at least one of them, and is then passed only to the
   interpreters whose attack accepts it (:func:`attack_settings`); a suffixed one (``adv2.mask``) must fit
-  that interpreter;
+  that interpreter. The estimate of an interpreter's attack is the suffixed table's ``estimate``, else the
+  un-suffixed one's (:func:`effective_estimate`);
 * ``interpreter_kwargs``: keys interpreter names, inner keys arguments of that interpreter's constructor.
 
 Every error is a ``ValueError`` that names the callback, the key path (``attack_kwargs.pdg``), the offender,
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aid.attacks.base import attack_class, check_pixel_value
+from aid.attacks.base import attack_arguments, attack_class, check_pixel_value
 from aid.attacks.strategies import STRATEGIES, InterpretationLoss
 from aid.interpreters.base import INTERPRETERS
 from aid.registry import accepted_arguments, suggest
@@ -52,7 +54,7 @@ def interpreter_family(name: str) -> str:
 
 def strategy_class(family: str) -> type | None:
     """The ℓ_int strategy class ADV² builds for an interpreter family; None for one without a strategy
-    (MASK: not differentiable, attacked by Algorithm 1)."""
+    (MASK: not differentiable, attacked by its own attacks, :mod:`aid.attacks.adv2_mask`)."""
     interp_cls = INTERPRETERS.get(family) if family in INTERPRETERS else None
     if interp_cls is not None and getattr(interp_cls, "differentiable", True) is False:
         return None
@@ -65,6 +67,23 @@ def _accepted(target: type | None, passed: tuple[str, ...] = PASSED_BY_CALLBACK)
         return set()
     names = accepted_arguments(target)
     return None if names is None else set(names) - set(passed)
+
+
+def _attack_accepted(attack: str, family: str | None, estimate: str | None) -> set[str] | None:
+    """The keyword names a user may give ``attack`` against ``family`` with ``estimate`` (None: unknown, so all)."""
+    names = attack_arguments(attack, family, estimate)
+    return None if names is None else set(names) - set(PASSED_BY_CALLBACK)
+
+
+def effective_estimate(table: Mapping[str, Any], attack: str, interpreter: str | None) -> str | None:
+    """The ``estimate`` that ``attack`` against ``interpreter`` gets: the suffixed table's, else the un-suffixed
+    table's (None: the default)."""
+    own = table.get(f"{attack}.{interpreter}") if interpreter is not None else None
+    base = table.get(attack)
+    for settings in (own, base):
+        if isinstance(settings, Mapping) and "estimate" in settings:
+            return settings["estimate"]
+    return None
 
 
 def _fail(owner: str, path: str, message: str) -> None:
@@ -128,9 +147,10 @@ def check_attack_kwargs(
         interpreters: the callback's interpreters, to which the un-suffixed tables apply.
     """
     attacks, free = list(attacks), set(interpreter_free)
-    families = list(dict.fromkeys(interpreter_family(n) for n in interpreters))
+    interpreters = list(interpreters)
     known = known_interpreters()
-    for key, settings in _check_table(owner, "attack_kwargs", table).items():
+    table = _check_table(owner, "attack_kwargs", table)
+    for key, settings in table.items():
         path = f"attack_kwargs.{key}"
         attack, dot, interp = str(key).partition(".")
         if attack not in attacks:
@@ -141,18 +161,30 @@ def check_attack_kwargs(
         if dot and interp not in known:
             _fail(owner, path, f"unknown interpreter {interp!r}{suggest(interp, known)}; allowed: {', '.join(known)}")
         settings = _check_table(owner, path, settings)
-        # The families whose attack gets these settings: the named one, or all of the callback's.
-        targets = [None] if attack in free else [interpreter_family(interp)] if dot else families or [None]
+        # The (family, estimate) of each attack that gets these settings: the named interpreter's, or those of
+        # all of the callback's interpreters.
+        names = [None] if attack in free else [interp] if dot else interpreters or [None]
+        targets = list(dict.fromkeys(
+            (None if n is None else interpreter_family(n), None if n is None else effective_estimate(table, attack, n))
+            for n in names
+        ))
         _check_attack_settings(owner, path, attack, targets, settings)
 
 
 def _check_attack_settings(
-    owner: str, path: str, attack: str, families: list[str | None], settings: Mapping[str, Any]
+    owner: str, path: str, attack: str, targets: list[tuple[str | None, str | None]], settings: Mapping[str, Any]
 ) -> None:
-    """Inner keys of one ``attack_kwargs`` entry: each accepted by the attack of at least one of ``families``
-    (a suffixed key has one), ``strategy_kwargs`` keys likewise by the families' ℓ_int strategies."""
-    classes = {f: attack_class(attack, f) for f in families}
-    accepted = {f: _accepted(c) for f, c in classes.items()}
+    """Inner keys of one ``attack_kwargs`` entry: each accepted by the attack of at least one of ``targets``
+    ((family, estimate) pairs; a suffixed key has one), ``strategy_kwargs`` keys likewise by the families' ℓ_int
+    strategies; the table's own ``estimate`` names an estimate of each family that has them."""
+    try:
+        if "estimate" in settings:
+            for family, _ in targets:
+                attack_class(attack, family, settings["estimate"])
+        classes = {t: attack_class(attack, *t) for t in targets}
+    except ValueError as err:
+        _fail(owner, f"{path}.estimate", str(err))
+    accepted = {t: _attack_accepted(attack, *t) for t in targets}
     if any(a is None for a in accepted.values()):
         return  # an attack with arguments we cannot list: its constructor checks them
     union = sorted(set().union(*accepted.values()))
@@ -168,8 +200,11 @@ def _check_attack_settings(
                 _fail(owner, f"{path}.{key}", str(err))
     inner = _check_table(owner, f"{path}.strategy_kwargs", settings.get("strategy_kwargs"))
     if inner:
+        families = list(dict.fromkeys(f for f, _ in targets))
         # Families whose attack takes strategy settings and builds a strategy from them.
-        strategies = {f: strategy_class(f) for f in families if "strategy_kwargs" in accepted[f] and f is not None}
+        strategies = {
+            f: strategy_class(f) for (f, e) in targets if f is not None and "strategy_kwargs" in accepted[(f, e)]
+        }
         if None in families:  # no interpreter known: any strategy may receive them
             strategies.update({s: STRATEGIES.get(s) for s in STRATEGIES.names()})
             strategies["generic"] = InterpretationLoss
@@ -189,17 +224,18 @@ def attack_settings(table: Mapping[str, Any], attack: str, interpreter: str | No
     """Settings of ``attack`` against ``interpreter``: ``table[attack]`` updated by ``table[attack.interpreter]``.
 
     The un-suffixed table applies to every interpreter of a callback, so keys that the attack against this
-    interpreter does not take (checked to fit another interpreter when the callback was built, e.g.
-    ``n_reset`` for MASK's Algorithm 1, or a ``strategy_kwargs`` key of GRAD's strategy) are left out here.
-    The suffixed table is passed whole (checked against this interpreter's attack).
+    interpreter (with its :func:`effective_estimate`) does not take (checked to fit another interpreter when
+    the callback was built, e.g. ``n_reset`` for MASK's Algorithm 1, or a ``strategy_kwargs`` key of GRAD's
+    strategy) are left out here. The suffixed table is passed whole (checked against this interpreter's
+    attack).
     """
     out = dict(table.get(attack) or {})
     if interpreter is None:
         return out
     family = interpreter_family(interpreter)
     try:
-        accepted = _accepted(attack_class(attack, family))
-    except KeyError:
+        accepted = _attack_accepted(attack, family, effective_estimate(table, attack, interpreter))
+    except (KeyError, ValueError):
         accepted = None
     if accepted is not None:
         out = {k: v for k, v in out.items() if k in accepted}

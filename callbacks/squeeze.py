@@ -15,6 +15,7 @@ from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpre
 from callbacks.noise import calibration_images
 from callbacks.report import ReportWriter
 from callbacks.settings import check_choices
+from callbacks.tables import ReportTable, percent, two_decimals
 
 ADAPTIVE = "adv2_adaptive"
 
@@ -157,37 +158,24 @@ class SqueezeDetection(EvaluationCallback):
 
     def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
         cols = self.columns()
-
-        def cell(key: str, pct: bool) -> str:
-            v = known.get(key)
-            return "–" if v is None or v != v else f"{100 * v:.1f}%" if pct else f"{v:.2f}"
-
         # Table 5 also shows PGD / ADV² maps when the ADV² evaluation logged them in this run.
         known = {**report.metrics, **values}
-        lines = [
+        rows = [[sq.name, *(known.get(f"squeeze/{sq.name}/{c}/detection_rate") for c in cols)] for sq in self.squeezers]
+        parts = [
             "## Feature squeezing (paper Tables 4–5)",
-            "",
             "Detection rate over successful adversarial examples; the thresholds flag"
             f" {100 * self.fpr:g}% of {self.calibration_images} benign validation images (`benign`: the rate"
             f" on the evaluation images). Attacks without a suffix target `{self.interpreters[0]}`;"
             f" `{ADAPTIVE}` is adapted to each row's squeezer.",
-            "",
-            "| squeezer | " + " | ".join(cols) + " |",
-            "|---|" + "---|" * len(cols),
+            ReportTable("detection_rate", ["squeezer", *cols], rows, fmt=percent),
         ]
-        for sq in self.squeezers:
-            cells = [cell(f"squeeze/{sq.name}/{c}/detection_rate", True) for c in cols]
-            lines.append(f"| {sq.name} | " + " | ".join(cells) + " |")
         if ADAPTIVE in self.attacks:
             attacks = ["pgd", "adv2", ADAPTIVE]
-            lines += [
-                "",
+            rows = [[n, *(known.get(f"adv2/{n}/{a}/{m}") for m in ("l1", "iou") for a in attacks)]
+                    for n in self.interpreters]
+            columns = ["interpreter", "L1 P", "L1 A", "L1 A*", "IoU P", "IoU A", "IoU A*"]
+            parts += [
                 "Maps of adversarial inputs vs benign maps (Table 5; P: PGD, A: ADV², A*: adaptive ADV²).",
-                "",
-                "| interpreter | L1 P | L1 A | L1 A* | IoU P | IoU A | IoU A* |",
-                "|---|" + "---|" * 6,
+                ReportTable("maps", columns, rows, fmt=two_decimals),
             ]
-            for n in self.interpreters:
-                cells = [cell(f"adv2/{n}/{a}/{m}", False) for m in ("l1", "iou") for a in attacks]
-                lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        report.add_section(self.name, "\n".join(lines))
+        report.add_section(self.name, *parts)

@@ -15,6 +15,7 @@ from callbacks.adv2 import ATTACK_NAMES, INTERPRETER_FREE, benign_maps, merged_k
 from callbacks.attack_cache import batch_key, cached, interpreter_key
 from callbacks.evaluation import EvalBatch, EvaluationCallback, resolve_interpreters
 from callbacks.report import ReportWriter
+from callbacks.tables import ReportTable
 
 PGD = "pgd"
 
@@ -52,20 +53,17 @@ def adversarial_maps(
 
 def matrix_table(
     values: dict[str, float], rows: list[str], cols: list[str], metric: str, lower_is_better: bool
-) -> list[str]:
-    """Markdown rows of ``transfer/<row>/<col>/<metric>`` with the best entry of each column in bold."""
-    best = {}
-    for c in cols:
-        found = [v for r in rows if (v := values.get(f"transfer/{r}/{c}/{metric}")) is not None and v == v]
-        best[c] = (min if lower_is_better else max)(found) if found else None
-    lines = ["| source \\ target | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = values.get(f"transfer/{r}/{c}/{metric}")
-            cells.append("–" if v is None else f"**{v:.3f}**" if v == best[c] else f"{v:.3f}")
-        lines.append(f"| {r} | " + " | ".join(cells) + " |")
-    return lines
+) -> ReportTable:
+    """The table ``transfer/<row>/<col>/<metric>`` (rows: sources, columns: targets), the best entry of each
+    column in bold."""
+    cells = [[r, *(values.get(f"transfer/{r}/{c}/{metric}") for c in cols)] for r in rows]
+    bold = set()
+    for j in range(1, len(cols) + 1):
+        found = [(v, i) for i, row in enumerate(cells) if (v := row[j]) is not None and v == v]
+        if found:
+            best = (min if lower_is_better else max)(v for v, _ in found)
+            bold |= {(i, j) for v, i in found if v == best}
+    return ReportTable(metric, ["source \\ target", *cols], cells, bold=bold)
 
 
 class Transferability(EvaluationCallback):
@@ -136,17 +134,13 @@ class Transferability(EvaluationCallback):
         return metrics
 
     def write_report(self, trainer, report: ReportWriter, values: dict[str, float]) -> None:
-        lines = [
+        report.add_section(
+            self.name,
             "## Transferability across interpreters (paper Table 9)",
-            "",
             "L1 distance between the target interpreter's maps of adversarial (ADV² against the source"
             " interpreter, or PGD) and benign inputs, over successful examples; the lowest of each column"
             " in bold.",
-            "",
-            *matrix_table(values, self.sources, self.interpreters, "l1", lower_is_better=True),
-            "",
+            matrix_table(values, self.sources, self.interpreters, "l1", lower_is_better=True),
             "IoU of the same maps (top-25 % regions); the highest of each column in bold.",
-            "",
-            *matrix_table(values, self.sources, self.interpreters, "iou", lower_is_better=False),
-        ]
-        report.add_section(self.name, "\n".join(lines))
+            matrix_table(values, self.sources, self.interpreters, "iou", lower_is_better=False),
+        )

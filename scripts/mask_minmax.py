@@ -3,7 +3,7 @@
 MASK's map of an adversarial input marks the cheapest deletion that removes the adversarial class t
 (README, "ADV² evaluation": after PGD many small deletions do, and MASK keeps whichever is cheapest).
 For MASK to show the benign map's region R, deleting R must remove t and every cheaper deletion
-elsewhere must not. ``ADV2Mask(estimate="minmax")`` (aid/attacks/mask_game.py) attacks that min-max,
+elsewhere must not. ``ADV2MaskMinMax`` (aid/attacks/adv2_mask_minmax.py) attacks that min-max,
 with signed steps of 1/255 in the ε-ball (12/255) from a 30-step PGD start, on the loss
 
     CE_ρ(f(x), t) − w_survive · log p_t(φ(x; keep_out)) + w_region · p_t^T(φ(x; 1 − R)),
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aid.attacks.adv2_mask import ADV2Mask  # noqa: E402
+from aid.attacks.adv2_mask_minmax import ADV2MaskMinMax  # noqa: E402
 from aid.attacks.mask_game import target_region, worst_deletion_outside  # noqa: E402
 from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
@@ -65,10 +65,10 @@ def main() -> None:
     mask = build_interpreter("mask", clf, **{**eval_mask_kwargs(), **parse_setting(args.mask)})
     benign = mask.attribute(x, y)
     eps, alpha = 12 / 255, 1 / 255
-    attack = ADV2Mask(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps, estimate="minmax",
-                      lam=args.w_region, select_every=args.select_every, inner_every=args.every,
-                      inner_iterations=args.inner, inner_pool=args.pool, survive_weight=args.w_survive,
-                      region_threshold=args.region_threshold, progress=True)
+    attack = ADV2MaskMinMax(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps,
+                            lam=args.w_region, select_every=args.select_every, inner_every=args.every,
+                            inner_iterations=args.inner, inner_pool=args.pool, survive_weight=args.w_survive,
+                            region_threshold=args.region_threshold, progress=True)
     rows = {"PGD (60 steps)": PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv, "min-max": attack(x, t).x_adv}
     print(f"{len(x)} validation images, ε 12/255, {vars(args)}")
     region = target_region(benign, args.region_threshold)

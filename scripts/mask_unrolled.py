@@ -2,7 +2,7 @@
 
 MASK's map is an optimisation from a fixed start (m = 0.5, Adam), so its first K iterations are a
 differentiable function of x. This probe runs ADV² against MASK with ``estimate="unrolled"``
-(:class:`~aid.attacks.adv2_mask.ADV2Mask`: sign steps through the K-step map unrolled with the graph,
+(:class:`~aid.attacks.adv2_mask_unrolled.ADV2MaskUnrolled`: sign steps through the K-step map unrolled with the graph,
 ε = 12/255, 30 PGD warm-start steps, the per-sample best iterate) towards the benign map and scores
 the interpreter's own 150-iteration map of the result as ``configs/eval_adv2.yaml`` does (its MASK:
 T 10, area weight 1; IoU of the top 25 %, per-pixel L1). It also prints how well the K-step map
@@ -15,7 +15,7 @@ it:
     python scripts/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
 
 ``--mask key=value,...`` changes MASK's settings (``min_mask_size=8``: an 8×8 mask at 32 px instead of
-16×16) and ``--algorithm1`` also runs Algorithm 1 (ADV2Mask's default estimate, 30 + 30 steps as the
+16×16) and ``--algorithm1`` also runs Algorithm 1 (ADV2Mask, the default estimate, 30 + 30 steps as the
 config's row):
 
     python scripts/mask_unrolled.py --images 64 --unroll 20 \
@@ -34,6 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aid.attacks.adv2_mask import ADV2Mask  # noqa: E402
+from aid.attacks.adv2_mask_unrolled import ADV2MaskUnrolled  # noqa: E402
 from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
@@ -87,8 +88,8 @@ def main() -> None:
         with torch.no_grad():
             pred_b = mask.mask_to_map(mask.optimize(x, y, steps=k), x.shape[-2:])
             pred_p = mask.mask_to_map(mask.optimize(x_pgd, t, steps=k), x.shape[-2:])
-        result = ADV2Mask(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps, estimate="unrolled",
-                          unroll=k, lam=args.lam)(x, t, benign)
+        result = ADV2MaskUnrolled(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps,
+                                  unroll=k, lam=args.lam)(x, t, benign)
         asr, adv_map = result.success.float().mean(), result.maps
         print(f"unroll {k}: IoU(K-step, 150-step map) benign {map_iou(pred_b, benign).mean():.3f}, "
               f"PGD {map_iou(pred_p, pgd_map).mean():.3f}; ADV² through it: asr {asr:.3f}, "

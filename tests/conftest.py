@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Offline W&B keeps copies of logged tables and artifact files under WANDB_DATA_DIR (default: the home folder).
+os.environ.setdefault("WANDB_DATA_DIR", tempfile.mkdtemp(prefix="wandb-data-"))
 
 
 @pytest.fixture

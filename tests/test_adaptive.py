@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aid.attacks.adaptive import ADV2Adaptive, ADV2MaskAdaptive
+from aid.attacks.adaptive import (
+    ADV2Adaptive,
+    ADV2MaskAdaptive,
+    ADV2MaskMinMaxAdaptive,
+    ADV2MaskUnrolledAdaptive,
+    MaskSqueezeTerm,
+)
 from aid.attacks.adv2 import ADV2
-from aid.attacks.adv2_mask import ADV2Mask
-from aid.attacks.base import build_attack
+from aid.attacks.base import attack_class, build_attack
 from aid.defenses import FeatureSqueezingDetector, build_squeezer
 from aid.interpreters.cam import CAM
 from aid.interpreters.mask import MaskInterpreter
@@ -118,16 +123,24 @@ def test_mask_interpreter_dispatches_to_the_algorithm_1_variant(model, data):
     assert (r.x_adv - x[:2]).abs().max() <= EPS + 1e-6
 
 
+MASK_ADAPTIVE = {
+    "algorithm1": (ADV2MaskAdaptive, dict(n_reset=1, reset_iterations=5)),
+    "unrolled": (ADV2MaskUnrolledAdaptive, dict(unroll=2)),
+    "minmax": (ADV2MaskMinMaxAdaptive, dict(inner_iterations=2, inner_every=1, select_every=1)),
+}
+
+
 @pytest.mark.parametrize("estimate", ["algorithm1", "unrolled", "minmax"])
 def test_adaptive_attack_on_mask_adds_the_squeeze_term_with_every_estimate(model, data, estimate, monkeypatch):
     x, t = data
-    kw = dict(eps=EPS, steps=2, warm_steps=1, n_reset=1, reset_iterations=5, estimate=estimate, unroll=2,
-              inner_iterations=2, inner_every=1, select_every=1)
-    plain = ADV2Mask(model, MaskInterpreter(model, iterations=5), **kw)(x[:2], t[:2])
+    cls, own = MASK_ADAPTIVE[estimate]
+    kw = dict(eps=EPS, steps=2, warm_steps=1, estimate=estimate, **own)
+    plain = build_attack("adv2", model, interpreter=MaskInterpreter(model, iterations=5), **kw)(x[:2], t[:2])
     calls = []
-    original = ADV2MaskAdaptive.squeeze_loss
-    monkeypatch.setattr(ADV2MaskAdaptive, "squeeze_loss", lambda self, *a: calls.append(1) or original(self, *a))
+    original = MaskSqueezeTerm.squeeze_loss
+    monkeypatch.setattr(MaskSqueezeTerm, "squeeze_loss", lambda self, *a: calls.append(1) or original(self, *a))
     attack = ADV2Adaptive(model, MaskInterpreter(model, iterations=5), squeezer="median_3x3", lam_sqz=100.0, **kw)
+    assert type(attack) is cls is attack_class("adv2_adaptive", "mask", estimate)
     r = attack(x[:2], t[:2])
     assert len(calls) >= 2  # once per outer step at least
     assert not torch.equal(r.x_adv, plain.x_adv)

@@ -16,7 +16,7 @@ from captum.attr import LayerGradCam, Saliency
 from torch import Tensor, nn
 
 from aid.attacks import PGD, build_attack
-from aid.attacks.strategies import CAMLoss, encoder_is_classifier, map_mse
+from aid.attacks.strategies import CAMInterpretationLoss, encoder_is_classifier, map_mse
 from aid.hooked import HookedEncoder, capture_output, probe_levels
 from aid.interpreters import GradCAM, build_interpreter, minmax_normalize, smooth_relu
 from aid.interpreters.cam import check_feature_map, upsample_normalize
@@ -198,7 +198,7 @@ def test_cam_loss_takes_the_logits_from_the_wrapped_models_one_pass(trained, bat
     x, _, t = batch
     cam = build_interpreter("cam", trained)
     target_map = cam(x, t)
-    logits, l_int, _ = CAMLoss(cam).logits_and_losses(x, t, target_map, trained)
+    logits, l_int, _ = CAMInterpretationLoss(cam).logits_and_losses(x, t, target_map, trained)
     torch.testing.assert_close(logits, trained(x), atol=0, rtol=0)
     torch.testing.assert_close(l_int, map_mse(cam.attribute(x, t, create_graph=True), target_map))
 
@@ -356,7 +356,7 @@ class OldGradCAM(GradCAM):
 
 
 def old_cam_logits_and_losses(self, x_adv, target, target_map, classifier=None):
-    """CAMLoss.logits_and_losses before features_and_logits existed (features, then head)."""
+    """CAMInterpretationLoss.logits_and_losses before features_and_logits existed (features, then head)."""
     clf = self.interpreter.classifier
     feats = clf.features(x_adv)
     maps = self.interpreter.from_features(feats, target, x_adv.shape[-2:])
@@ -385,7 +385,7 @@ def test_timm_classifier_gives_bit_identical_cam_gradcam_adv2_and_rts(model, mon
         return r.x_adv, r.success, r.confidence, r.iterations, r.maps
 
     new = adv2()
-    monkeypatch.setattr(CAMLoss, "logits_and_losses", old_cam_logits_and_losses)
+    monkeypatch.setattr(CAMInterpretationLoss, "logits_and_losses", old_cam_logits_and_losses)
     old = adv2()
     assert all(torch.equal(a, b) for a, b in zip(new, old, strict=True))
 

@@ -10,7 +10,13 @@ from torch import Tensor, nn
 
 from aid.attacks import ADV2, PGD, build_attack, make_adv2
 from aid.attacks.schedules import BestIterate, linear_schedule, smoothed_cross_entropy
-from aid.attacks.strategies import GradLoss, InterpretationLoss, build_interpretation_loss
+from aid.attacks.strategies import (
+    CAMInterpretationLoss,
+    GradInterpretationLoss,
+    InterpretationLoss,
+    RTSInterpretationLoss,
+    build_interpretation_loss,
+)
 from aid.attacks.targets import benign_target_maps
 from aid.interpreters import build_interpreter
 from aid.interpreters.base import Interpreter
@@ -324,10 +330,10 @@ def test_grad_strategy_differentiates_a_map_pooled_as_the_evaluated_one(tiny_cla
 
 def test_strategies_are_chosen_by_interpreter_name(tiny_classifier):
     grad = build_interpretation_loss(build_interpreter("grad", tiny_classifier), pool=2)
-    assert isinstance(grad, GradLoss) and grad.smooth.smooth and grad.pool == 2
+    assert isinstance(grad, GradInterpretationLoss) and grad.smooth.smooth and grad.pool == 2
     assert type(build_interpretation_loss(build_interpreter("ig", tiny_classifier))) is InterpretationLoss
-    assert type(build_interpretation_loss(build_interpreter("cam", tiny_classifier))).__name__ == "CAMLoss"
-    assert type(build_interpretation_loss(rts_interpreter(tiny_classifier))).__name__ == "RTSLoss"
+    assert type(build_interpretation_loss(build_interpreter("cam", tiny_classifier))) is CAMInterpretationLoss
+    assert type(build_interpretation_loss(rts_interpreter(tiny_classifier))) is RTSInterpretationLoss
 
 
 @pytest.mark.parametrize("name", ["cam", "grad"])
@@ -399,7 +405,7 @@ def test_grad_loss_has_a_gradient_only_through_the_smooth_relu(trained, batch):
     xs = x.clone().requires_grad_(True)
     plain = InterpretationLoss(grad)(xs, t, target_map)
     (g_plain,) = torch.autograd.grad(plain.sum(), xs, allow_unused=True)
-    smooth = GradLoss(grad)(xs, t, target_map)
+    smooth = GradInterpretationLoss(grad)(xs, t, target_map)
     (g_smooth,) = torch.autograd.grad(smooth.sum(), xs)
     assert g_plain is None or g_plain.abs().max() < 1e-6  # ReLU: the map is piecewise constant in x
     assert g_smooth.abs().max() > 1e-6

@@ -116,9 +116,36 @@ def test_an_unsuffixed_key_fitting_one_interpreter_is_accepted_and_reaches_that_
 
 
 def test_a_suffixed_key_must_fit_the_attack_of_that_interpreter():
-    ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs={"adv2.mask": {"n_reset": 2, "estimate": "minmax"}})
+    ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs={"adv2.mask": {"n_reset": 2, "estimate": "algorithm1"}})
     with pytest.raises(ValueError, match=r"attack_kwargs\.adv2\.grad\.n_reset: ADV2 has no argument"):
         ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs={"adv2.grad": {"n_reset": 2}})
+
+
+def test_mask_settings_must_fit_the_attack_of_the_chosen_estimate():
+    ok = {"adv2.mask": {"estimate": "minmax", "select_every": 15, "lam": 100}}
+    ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs=ok)
+    ADV2Evaluation(interpreters=["mask"], attack_kwargs={"adv2.mask": {"estimate": "unrolled", "unroll": 20}})
+    with pytest.raises(ValueError, match=r"adv2\.mask\.n_reset: ADV2MaskMinMax has no argument 'n_reset'"):
+        ADV2Evaluation(interpreters=["mask"], attack_kwargs={"adv2.mask": {"estimate": "minmax", "n_reset": 2}})
+    with pytest.raises(ValueError, match=r"attack_kwargs\.adv2\.mask\.unroll: ADV2Mask has no argument"):
+        ADV2Evaluation(interpreters=["mask"], attack_kwargs={"adv2.mask": {"unroll": 20}})  # Algorithm 1's
+    with pytest.raises(ValueError, match=r"attack_kwargs\.adv2\.mask\.estimate: estimate must be one of algorithm1"):
+        ADV2Evaluation(interpreters=["mask"], attack_kwargs={"adv2.mask": {"estimate": "exact"}})
+    with pytest.raises(ValueError, match=r"attack_kwargs\.adv2\.estimate: ADV2 has no argument 'estimate'"):
+        ADV2Evaluation(interpreters=["cam"], attack_kwargs={"adv2": {"estimate": "minmax"}})
+
+
+def test_an_unsuffixed_table_follows_the_estimate_of_the_suffixed_one():
+    table = {"adv2": {"steps": 4, "unroll": 5}, "adv2.mask": {"estimate": "unrolled"}}
+    cb = ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs=table)
+    assert merged_kwargs(cb.attack_kwargs, "adv2", "mask") == {"steps": 4, "unroll": 5, "estimate": "unrolled"}
+    assert merged_kwargs(cb.attack_kwargs, "adv2", "grad") == {"steps": 4}
+    with pytest.raises(ValueError, match=r"attack_kwargs\.adv2\.n_reset: ADV2/ADV2MaskUnrolled has no argument"):
+        ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs={**table, "adv2": {"n_reset": 2}})
+    shared = {"adv2": {"estimate": "minmax", "steps": 4}}  # reaches MASK only
+    cb = ADV2Evaluation(interpreters=["grad", "mask"], attack_kwargs=shared)
+    assert merged_kwargs(cb.attack_kwargs, "adv2", "grad") == {"steps": 4}
+    assert merged_kwargs(cb.attack_kwargs, "adv2", "mask") == {"estimate": "minmax", "steps": 4}
 
 
 def test_strategy_settings_are_checked_against_the_strategies_of_the_interpreters():
@@ -256,7 +283,8 @@ def test_build_interpreter_refuses_an_unknown_keyword_naming_it(model):
 
 def test_accepted_arguments_follow_kwargs_into_super_and_named_callees():
     assert {"squeezer", "lam_sqz", "warm_steps", "eps"} <= accepted_arguments(ADV2Adaptive)
-    assert {"squeezer", "n_reset", "estimate"} <= accepted_arguments(ADV2MaskAdaptive)
+    assert {"squeezer", "n_reset"} <= accepted_arguments(ADV2MaskAdaptive)
+    assert "estimate" not in accepted_arguments(ADV2MaskAdaptive)  # the selector of adv2 / adv2_adaptive
     assert "n_reset" not in accepted_arguments(ADV2Adaptive)
     assert {"checkpoint", "masker", "copy_weights", "mask_scale", "presence"} <= accepted_arguments(RTSInterpreter)
     assert "encoder" not in accepted_arguments(RTSInterpreter)  # filled by position in RTSMasker.from_classifier

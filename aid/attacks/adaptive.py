@@ -19,20 +19,22 @@ from torch import Tensor
 
 from aid.attacks.adv2 import ADV2, adv2_class
 from aid.attacks.adv2_mask import ADV2Mask
-from aid.attacks.base import ATTACKS, AttackResult
+from aid.attacks.adv2_mask_minmax import ADV2MaskMinMax
+from aid.attacks.adv2_mask_unrolled import ADV2MaskUnrolled
+from aid.attacks.base import ATTACKS, Attack, AttackResult
 from aid.attacks.pgd import signed_step
 from aid.defenses.squeeze import BitDepth, Squeezer, build_squeezer
 from aid.interpreters.base import Interpreter
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 Mode = Literal["auto", "consistency", "two_stage"]
 
 
 class SqueezeTerm:
-    """Algorithm 2's extra loss, shared by the adaptive variants of :class:`ADV2` and :class:`ADV2Mask`.
+    """Algorithm 2's extra loss, shared by the adaptive variants of :class:`ADV2` and of the attacks on MASK.
 
     A mixin placed before the ADV² class it extends: it adds ``λ_s·term`` to that class's loss hook
-    (``ADV2.losses`` or ``ADV2Mask.prediction_loss``) and wraps ``_run`` with the squeezed-space
+    (``ADV2.losses`` or ``ADV2MaskBase.prediction_loss``) and wraps ``_run`` with the squeezed-space
     search of the two-stage mode.
 
     Args (keywords of the adaptive attacks):
@@ -127,14 +129,14 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
       backward identity or blur, :class:`~aid.defenses.squeeze.NonLocalMeans`);
     * for bit-depth reduction with i bits, ‖p(x) − p(x⁺)‖₁ where x⁺ is found first by PGD in the
       squeezed space (step 1/2^i, :meth:`squeezed_space_search`). The paper's stage 2 does not tie
-      ψ(x*) to x⁺; ``mode="consistency"`` uses the straight-through consistency term instead (on
-      the shapes data it evades 2- and 3-bit squeezing, the two-stage attack does not: README).
+      ψ(x*) to x⁺; ``mode="consistency"`` uses the straight-through consistency term instead.
 
-    For a MASK interpreter the class returns :class:`ADV2MaskAdaptive` (Algorithm 1 with the term
-    added to its prediction step). The paper reports detection rates for MASK and RTS (Table 4): basic
-    ADV² is detected as often as PGD, the adaptive variant far less. The authors' script is
-    untargeted with a differentiable median pooling and a detector threshold at the 95th percentile
-    of 500 benign images.
+    For a MASK interpreter the class returns the adaptive variant of the ADV² attack on MASK that
+    ``estimate`` selects (:func:`adaptive_class`: :class:`ADV2MaskAdaptive` for Algorithm 1, the default,
+    :class:`ADV2MaskUnrolledAdaptive`, :class:`ADV2MaskMinMaxAdaptive`). The paper reports detection rates
+    for MASK and RTS (Table 4): basic ADV² is detected as often as PGD, the adaptive variant far less.
+    The authors' script is untargeted with a differentiable median pooling and a detector threshold at
+    the 95th percentile of 500 benign images.
 
     Args:
         classifier: target classifier ``f``.
@@ -155,15 +157,9 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
 
     name = "adv2_adaptive"
 
-    def __new__(cls, classifier: NormalizedClassifier | None = None, interpreter: Interpreter | None = None,
-                *args: Any, **kwargs: Any):
-        if cls is ADV2Adaptive and interpreter is not None and adv2_class(interpreter) is ADV2Mask:
-            return ADV2MaskAdaptive(classifier, interpreter, *args, **kwargs)
-        return object.__new__(cls)
-
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         interpreter: Interpreter,
         squeezer: str | Squeezer = "median_3x3",
         lam_sqz: float = 1.0,
@@ -175,30 +171,32 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
         super().__init__(classifier, interpreter, **adv2_kwargs)
         self._setup_squeeze(squeezer, lam_sqz, mode, consistency, plus_steps)
 
+    @classmethod
+    def class_for(cls, interpreter: Interpreter | str | None, estimate: str | None = None) -> type[Attack]:
+        """The class that ``cls(classifier, interpreter, estimate=estimate, ...)`` builds (:func:`adaptive_class`)."""
+        return adaptive_class(interpreter, estimate) if cls is ADV2Adaptive else cls
+
     def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
         loss, l_int, logits = super().losses(x_adv, target, target_map, step)
         return loss + self.lam_sqz * self.squeeze_loss(x_adv, logits), l_int, logits
 
 
-@ATTACKS.register("adv2_mask_adaptive")
-class ADV2MaskAdaptive(SqueezeTerm, ADV2Mask):
-    r"""Adaptive ADV² against feature squeezing for MASK: ADV2Mask (any estimate) with Algorithm 2's term.
+class MaskSqueezeTerm(SqueezeTerm):
+    """:class:`SqueezeTerm` for the ADV² attacks on MASK: the term joins ℓ_prd (``prediction_loss``).
 
-    The term (see :class:`ADV2Adaptive`) joins ℓ_prd (:meth:`prediction_loss`): in the prediction step
-    (i) of :class:`~aid.attacks.adv2_mask.ADV2Mask` (the interpretation step (ii) is unchanged), and in
-    the loss of every step with ``estimate="unrolled"`` or ``"minmax"``.
+    A mixin placed before the attack on MASK it extends: in Algorithm 1 the term enters the prediction
+    step (i) (the interpretation step (ii) is unchanged); in the unrolled and min-max estimates, the loss
+    of every step.
 
     Args:
-        classifier, interpreter: as :class:`~aid.attacks.adv2_mask.ADV2Mask`.
+        classifier, interpreter: as :class:`~aid.attacks.adv2_mask.ADV2MaskBase`.
         squeezer, lam_sqz, mode, consistency, plus_steps: as :class:`ADV2Adaptive`.
-        **mask_kwargs: the arguments of :class:`~aid.attacks.adv2_mask.ADV2Mask`.
+        **mask_kwargs: the arguments of the extended attack on MASK.
     """
-
-    name = "adv2_mask_adaptive"
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         interpreter: Interpreter,
         squeezer: str | Squeezer = "median_3x3",
         lam_sqz: float = 1.0,
@@ -213,3 +211,54 @@ class ADV2MaskAdaptive(SqueezeTerm, ADV2Mask):
     def prediction_loss(self, x_adv: Tensor, target: Tensor, step: int) -> tuple[Tensor, Tensor]:
         loss, logits = super().prediction_loss(x_adv, target, step)
         return loss + self.lam_sqz * self.squeeze_loss(x_adv, logits), logits
+
+
+@ATTACKS.register("adv2_mask_adaptive")
+class ADV2MaskAdaptive(MaskSqueezeTerm, ADV2Mask):
+    r"""Adaptive ADV² against feature squeezing for MASK by Algorithm 1: :class:`~aid.attacks.adv2_mask.ADV2Mask`
+    with Algorithm 2's term in its prediction step (:class:`MaskSqueezeTerm`).
+
+    Args: those of :class:`MaskSqueezeTerm` and :class:`~aid.attacks.adv2_mask.ADV2Mask`.
+
+    Example:
+        >>> attack = ADV2MaskAdaptive(classifier, build_interpreter("mask", classifier), squeezer="median_3x3")
+        >>> result = attack(images, target_classes)
+    """
+
+    name = "adv2_mask_adaptive"
+
+
+@ATTACKS.register("adv2_mask_unrolled_adaptive")
+class ADV2MaskUnrolledAdaptive(MaskSqueezeTerm, ADV2MaskUnrolled):
+    r"""Adaptive ADV² against feature squeezing for MASK through its unrolled iterations:
+    :class:`~aid.attacks.adv2_mask_unrolled.ADV2MaskUnrolled` with Algorithm 2's term in every step's loss.
+
+    Args: those of :class:`MaskSqueezeTerm` and :class:`~aid.attacks.adv2_mask_unrolled.ADV2MaskUnrolled`.
+    """
+
+    name = "adv2_mask_unrolled_adaptive"
+
+
+@ATTACKS.register("adv2_mask_minmax_adaptive")
+class ADV2MaskMinMaxAdaptive(MaskSqueezeTerm, ADV2MaskMinMax):
+    r"""Adaptive ADV² against feature squeezing for MASK by the min-max game:
+    :class:`~aid.attacks.adv2_mask_minmax.ADV2MaskMinMax` with Algorithm 2's term in every step's loss.
+
+    Args: those of :class:`MaskSqueezeTerm` and :class:`~aid.attacks.adv2_mask_minmax.ADV2MaskMinMax`.
+    """
+
+    name = "adv2_mask_minmax_adaptive"
+
+
+#: The adaptive variant of each ADV² attack on MASK.
+MASK_ADAPTIVE: dict[type[Attack], type[Attack]] = {
+    ADV2Mask: ADV2MaskAdaptive,
+    ADV2MaskUnrolled: ADV2MaskUnrolledAdaptive,
+    ADV2MaskMinMax: ADV2MaskMinMaxAdaptive,
+}
+
+
+def adaptive_class(interpreter: Interpreter | str | None, estimate: str | None = None) -> type[Attack]:
+    """The adaptive attack for an interpreter (or family name) and estimate: the adaptive variant of the ADV²
+    class that :func:`~aid.attacks.adv2.adv2_class` picks (MASK), else :class:`ADV2Adaptive`."""
+    return MASK_ADAPTIVE.get(adv2_class(interpreter, estimate), ADV2Adaptive)

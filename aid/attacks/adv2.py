@@ -14,22 +14,41 @@ from aid.attacks.schedules import BestIterate, check_schedule, linear_schedule, 
 from aid.attacks.strategies import build_interpretation_loss, unique_modules
 from aid.attacks.targets import benign_target_maps
 from aid.interpreters.base import Interpreter
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 from aid.registry import Registry
 
-#: Attack classes that replace :class:`ADV2` for an interpreter name (``"mask"`` -> Algorithm 1).
+#: Attack classes that replace :class:`ADV2` for an interpreter family (``"mask"`` -> Algorithm 1). A variant with
+#: several estimates lists them in its class attribute ``estimates`` (a :class:`~aid.registry.Registry`).
 ADV2_VARIANTS: Registry[Attack] = Registry("ADV² variant")
 
 
-def adv2_class(interpreter: Interpreter | None) -> type:
-    """The ADV² class for an interpreter: ``ADV2_VARIANTS``' entry for its name, else :class:`ADV2`."""
-    name = getattr(interpreter, "name", None)
-    return ADV2_VARIANTS.get(name) if name is not None and name in ADV2_VARIANTS else ADV2
+def adv2_class(interpreter: Interpreter | str | None, estimate: str | None = None) -> type:
+    """The ADV² class for an interpreter (or its family name) and, where the family has several, an estimate.
+
+    ``ADV2_VARIANTS``' entry for the interpreter's name, else :class:`ADV2`. ``estimate`` (e.g. ``"minmax"``)
+    picks among the variant's ``estimates`` (MASK: ``"algorithm1"``, the default, ``"unrolled"``,
+    ``"minmax"``); it is ignored for a family without estimates, whose constructor then refuses the
+    argument. An unknown estimate of a family that has them raises a ``ValueError`` listing them.
+    """
+    name = interpreter if isinstance(interpreter, str) else getattr(interpreter, "name", None)
+    variant = ADV2_VARIANTS.get(name) if name is not None and name in ADV2_VARIANTS else ADV2
+    estimates = getattr(variant, "estimates", None)
+    if estimate is None or estimates is None:
+        return variant
+    import aid.attacks  # noqa: F401  (every estimate's module registers it)
+
+    if estimate not in estimates:
+        raise ValueError(f"estimate must be one of {', '.join(estimates.names())} for interpreter {name!r}, "
+                         f"got {estimate!r}")
+    return estimates.get(estimate)
 
 
-def make_adv2(classifier: NormalizedClassifier, interpreter: Interpreter, **kwargs: Any) -> Attack:
-    """Build the ADV² attack that fits ``interpreter`` (ADV2Mask for MASK, :class:`ADV2` otherwise)."""
-    return adv2_class(interpreter)(classifier, interpreter, **kwargs)
+def make_adv2(classifier: Classifier, interpreter: Interpreter, **kwargs: Any) -> Attack:
+    """Build the ADV² attack that fits ``interpreter`` (and ``estimate``, for MASK), see :func:`adv2_class`."""
+    cls = adv2_class(interpreter, kwargs.get("estimate"))
+    if getattr(cls, "estimates", None) is not None:
+        kwargs.pop("estimate", None)  # the selector; a class without estimates refuses the argument
+    return cls(classifier, interpreter, **kwargs)
 
 
 @ATTACKS.register("adv2")
@@ -50,20 +69,21 @@ class ADV2(Attack):
     (its predicted class when the attack succeeds), both by the attacked, ordinary interpreter.
 
     Building ``ADV2(classifier, interpreter)`` for an interpreter whose name is registered in
-    ``ADV2_VARIANTS`` (``"mask"``: Algorithm 1) returns that class's attack instead (``__new__``
-    dispatches, so ``build_attack("adv2", ...)`` and configs naming ADV2 work for every family).
+    ``ADV2_VARIANTS`` returns that class's attack instead (``__new__`` dispatches, see :func:`adv2_class`,
+    so ``build_attack("adv2", ...)`` and configs naming ADV2 work for every family). For MASK the keyword
+    ``estimate`` picks the attack: ``"algorithm1"`` (default, :class:`~aid.attacks.adv2_mask.ADV2Mask`),
+    ``"unrolled"`` or ``"minmax"``; it is consumed by the dispatch, the other arguments go to that class.
 
     Randomness: none (no random start, deterministic label smoothing), so each sample's result
     is independent of the rest of the batch; ``seed`` is kept for the interface.
 
     Defaults are for the embedded 32 px setting (warm 50 + 150 steps; λ per family from its strategy's
-    ``default_lam``: GRAD 30, CAM 10, RTS 30, others 10, measured on the embedded classifier (GRAD's on
-    its per-pixel map; with the configs' pooled map λ 30 keeps L1 at 0.31× PGD's), see
+    ``default_lam``: GRAD 30, CAM 10, RTS 30, others 10, chosen on the embedded classifier, see
     :mod:`aid.attacks.strategies`). Paper scale (ImageNet 224 px, ResNet-50; Appendix B Table 10,
-    ε = 0.031, α = 1/255): GRAD 800 iterations, λ 0.007 (on a sum over pixels); CAM 1200 iterations, λ 0.204; RTS 1200
-    iterations, λ 0.002, ℓ_enc weight 0.1. The authors' scripts: CAM 400 warm + 1200 steps with c ramped
-    5 → 10 (``lam=(5, 10)``), RTS 300 + 1000 with c = 5, GRAD 300 warm and c from 0.001 to 0.05,
-    selection every 10 steps with κ = 0.8, all on a mean over pixels as here.
+    ε = 0.031, α = 1/255): GRAD 800 iterations, λ 0.007 (on a sum over pixels); CAM 1200 iterations,
+    λ 0.204; RTS 1200 iterations, λ 0.002, ℓ_enc weight 0.1. The authors' scripts: CAM 400 warm + 1200
+    steps with c ramped 5 → 10 (``lam=(5, 10)``), RTS 300 + 1000 with c = 5, GRAD 300 warm and c from
+    0.001 to 0.05, selection every 10 steps with κ = 0.8, all on a mean over pixels as here.
 
     Args:
         classifier: target classifier ``f``.
@@ -96,20 +116,26 @@ class ADV2(Attack):
 
     def __new__(
         cls,
-        classifier: NormalizedClassifier | None = None,
+        classifier: Classifier | None = None,
         interpreter: Interpreter | None = None,
         *args: Any,
         **kwargs: Any,
     ):
-        variant = adv2_class(interpreter) if cls is ADV2 else cls
-        if variant is cls or issubclass(variant, cls):
+        variant = cls.class_for(interpreter, kwargs.get("estimate"))
+        if issubclass(variant, cls):
             # Python then runs variant.__init__ with the same arguments.
             return super().__new__(variant)
+        kwargs.pop("estimate", None)  # the selector, consumed here
         return variant(classifier, interpreter, *args, **kwargs)
+
+    @classmethod
+    def class_for(cls, interpreter: Interpreter | str | None, estimate: str | None = None) -> type[Attack]:
+        """The class that ``cls(classifier, interpreter, estimate=estimate, ...)`` builds (:func:`adv2_class`)."""
+        return adv2_class(interpreter, estimate) if cls is ADV2 else cls
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         interpreter: Interpreter,
         eps: float = 0.031,
         alpha: float = 1 / 255,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aid.models import NormalizedClassifier, check_images
-from aid.registry import Registry, check_arguments
+from aid.models import Classifier, check_images
+from aid.registry import Registry, accepted_arguments, check_arguments
 
 
 def check_pixel_value(name: str, value: float) -> float:
@@ -65,7 +65,7 @@ class Attack:
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         eps: float = 0.031,
         alpha: float = 1 / 255,
         steps: int = 100,
@@ -180,43 +180,57 @@ class Attack:
 ATTACKS: Registry[Attack] = Registry("attack")
 
 
-def attack_class(name: str, interpreter: object = None) -> type[Attack]:
-    """The class that ``build_attack(name, classifier, interpreter=interpreter)`` instantiates.
+def attack_class(name: str, interpreter: object = None, estimate: str | None = None) -> type[Attack]:
+    """The class that ``build_attack(name, classifier, interpreter=interpreter, estimate=estimate)`` instantiates.
 
     ``interpreter``: an interpreter, its family name (``"mask"``; a module's ``rts`` / ``rtsa`` are ``"rts"``)
-    or None. ``adv2`` and ``adv2_adaptive`` dispatch on the interpreter's family in their ``__new__``
-    (``ADV2_VARIANTS``: MASK -> :class:`~aid.attacks.adv2_mask.ADV2Mask` / ``ADV2MaskAdaptive``); this says
-    which class that is without building one, so that arguments can be checked before anything runs.
-    Unknown names raise the registry's ``KeyError``.
+    or None. ``adv2`` and ``adv2_adaptive`` dispatch on the interpreter's family and, for MASK, on
+    ``estimate`` (their classmethod ``class_for``, also used by their ``__new__``: MASK ->
+    :class:`~aid.attacks.adv2_mask.ADV2Mask` for ``"algorithm1"``, the default,
+    :class:`~aid.attacks.adv2_mask_unrolled.ADV2MaskUnrolled` for ``"unrolled"``,
+    :class:`~aid.attacks.adv2_mask_minmax.ADV2MaskMinMax` for ``"minmax"``, and their adaptive variants);
+    this says which class that is without building one, so that arguments can be checked before anything
+    runs. Unknown names raise the registry's ``KeyError``, an unknown estimate a ``ValueError``.
     """
     import aid.attacks  # noqa: F401  (fills the registry)
-    from aid.attacks.adaptive import ADV2Adaptive, ADV2MaskAdaptive
-    from aid.attacks.adv2 import ADV2, ADV2_VARIANTS
-    from aid.attacks.adv2_mask import ADV2Mask
 
     cls = ATTACKS.get(name)
-    family = interpreter if isinstance(interpreter, str) or interpreter is None else getattr(interpreter, "name", None)
-    variant = ADV2_VARIANTS.get(family) if family is not None and family in ADV2_VARIANTS else None
-    if variant is not None and cls is ADV2:
-        return variant
-    if variant is ADV2Mask and cls is ADV2Adaptive:
-        return ADV2MaskAdaptive
-    return cls
+    class_for = getattr(cls, "class_for", None)
+    return cls if class_for is None else class_for(interpreter, estimate)
+
+
+def selects_estimate(name: str, cls: type) -> bool:
+    """Whether ``build_attack(name, ...)`` takes ``estimate`` as the selector of ``cls`` (the class it dispatched
+    to has several estimates), rather than as a constructor argument."""
+    return cls is not ATTACKS.get(name) and getattr(cls, "estimates", None) is not None
+
+
+def attack_arguments(name: str, interpreter: object = None, estimate: str | None = None) -> frozenset[str] | None:
+    """Keyword arguments ``build_attack(name, ...)`` accepts against ``interpreter`` with ``estimate``: those of
+    :func:`attack_class`'s constructor, plus ``estimate`` where it selects the class; None when unknown."""
+    cls = attack_class(name, interpreter, estimate)
+    names = accepted_arguments(cls)
+    if names is not None and selects_estimate(name, cls):
+        names = names | {"estimate"}
+    return names
 
 
 def build_attack(name: str, *args, **kwargs) -> Attack:
-    """Instantiate the attack registered under ``name`` (pgd, adv2, stadv, adv2_stadv, adv2_adaptive).
+    """Instantiate the attack registered under ``name`` (pgd, adv2, stadv, adv2_stadv, adv2_adaptive, ...).
 
     ``args`` / ``kwargs``: the attack's constructor arguments (classifier first; ``interpreter`` second or by
-    name). An unknown name raises a ``KeyError`` listing the allowed ones; a keyword argument that the
-    attack which will run (:func:`attack_class`) does not accept raises a ``ValueError`` naming it and
-    listing the accepted ones; a budget outside (0, 1] (``eps=8``) a ``ValueError`` naming it.
+    name); for ``adv2`` / ``adv2_adaptive`` against MASK, ``estimate`` selects the attack (see
+    :func:`attack_class`). An unknown name raises a ``KeyError`` listing the allowed ones; a keyword argument
+    that the attack which will run does not accept raises a ``ValueError`` naming it and listing the accepted
+    ones; a budget outside (0, 1] (``eps=8``) a ``ValueError`` naming it.
 
     Example:
         >>> attack = build_attack("pgd", classifier, eps=8 / 255, steps=10)
         >>> attack = build_attack("adv2", classifier, interpreter=build_interpreter("cam", classifier))
+        >>> attack = build_attack("adv2", classifier, interpreter=mask, estimate="minmax", steps=300)
     """
     interpreter = kwargs.get("interpreter", args[1] if len(args) > 1 else None)
-    cls = attack_class(name, interpreter)
-    check_arguments(f"attack {name!r} ({cls.__name__})", cls, kwargs)
+    cls = attack_class(name, interpreter, kwargs.get("estimate"))
+    given = {k: v for k, v in kwargs.items() if k != "estimate"} if selects_estimate(name, cls) else kwargs
+    check_arguments(f"attack {name!r} ({cls.__name__})", cls, given)
     return ATTACKS.build(name, *args, **kwargs)

@@ -1,11 +1,11 @@
-"""The min-max estimate of ADV² against MASK (``ADV2Mask(estimate="minmax")``).
+"""The min-max game behind the ``"minmax"`` estimate of ADV² against MASK (:mod:`aid.attacks.adv2_mask_minmax`).
 
 MASK's map of x marks the cheapest deletion that removes the class: m*(x) = argmin_m p_t(φ(x; m)) +
 area + TV. For MASK to show a target map whose region is R, deleting R must remove the target class t,
-and every deletion elsewhere must leave it. Rather than estimating how m* moves with x (Algorithm 1,
-the unrolled estimate), this estimate attacks that condition: MASK's own optimisation with the
-deletion forbidden on R is the inner player (its best deletion outside R), and the attack makes t
-survive the inner player's deletions and die when R is deleted.
+and every deletion elsewhere must leave it. This module holds the game's pieces: the region R
+(:func:`target_region`), the inner player, MASK's own optimisation with the deletion forbidden on R
+(:func:`worst_deletion_outside`), and the attacker's loss (:func:`minmax_loss`), which makes t survive
+the inner player's deletions and die when R is deleted.
 """
 
 from __future__ import annotations

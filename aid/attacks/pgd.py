@@ -8,7 +8,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aid.attacks.base import ATTACKS, Attack, AttackResult
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 
 def signed_step(x_adv: Tensor, x: Tensor, grad: Tensor, alpha: float, eps: float) -> Tensor:
@@ -53,7 +53,7 @@ class PGD(Attack):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         eps: float = 0.031,
         alpha: float = 1 / 255,
         steps: int = 100,

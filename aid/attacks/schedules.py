@@ -1,5 +1,5 @@
 """Small pieces shared by the iterative attacks: linear schedules, label-smoothed cross-entropy and the
-per-sample best-iterate selection of the authors' ADV² scripts (§3.6 and notes.md)."""
+per-sample best-iterate selection of the authors' ADV² scripts (§3.6)."""
 
 from __future__ import annotations
 

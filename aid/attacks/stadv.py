@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from aid.attacks.adv2_mask import MaskFollower
 from aid.attacks.base import ATTACKS, Attack, AttackResult
+from aid.attacks.mask_follower import MaskFollower
 from aid.attacks.schedules import BestIterate, check_schedule, linear_schedule, smoothed_cross_entropy
 from aid.attacks.strategies import build_interpretation_loss, map_mse, unique_modules
 from aid.attacks.targets import benign_target_maps
 from aid.interpreters.base import Interpreter
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 
 def apply_flow(x: Tensor, flow: Tensor) -> Tensor:
@@ -146,7 +146,7 @@ class StAdv(Attack):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         steps: int = 100,
         lr: float = 0.01,
         tau: float = 0.0005,
@@ -228,7 +228,7 @@ class ADV2StAdv(StAdv):
        cross-entropy (ρ 0.05 → 0.01, §3.6) and ℓ_int the family's strategy
        (:mod:`aid.attacks.strategies`; RTS adds λ_enc·ℓ_enc). For MASK, whose map is an optimisation,
        ℓ_int is Algorithm 1's look-ahead loss of a running map estimate
-       (:class:`~aid.attacks.adv2_mask.MaskFollower`: ``n_step`` inner Adam steps per iteration,
+       (:class:`~aid.attacks.mask_follower.MaskFollower`: ``n_step`` inner Adam steps per iteration,
        reset by a fresh MASK run every ``n_reset`` iterations).
     3. Best iterate, per sample: the lowest ℓ_int among iterates whose target probability is ≥ κ
        (every ``select_every`` steps; for MASK at each reset, where the fresh map gives the true
@@ -277,7 +277,7 @@ class ADV2StAdv(StAdv):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         interpreter: Interpreter,
         steps: int = 100,
         warm_steps: int = 50,

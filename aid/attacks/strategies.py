@@ -5,7 +5,9 @@ the per-pixel mean squared error (the paper's ‖g(x; f) − m_t‖²₂ divided
 that λ does not depend on the image size; the paper's λ of Table 10 multiplies the plain sum, and the
 authors' scripts use the mean, as we do). Strategies are looked up in ``STRATEGIES`` by the
 interpreter's ``name``; a differentiable interpreter without an entry (``ig``, ``gradcam``,
-``ensemble``, ...) gets the generic :class:`InterpretationLoss`.
+``ensemble``, ...) gets the generic :class:`InterpretationLoss`. Every class here is named
+``<Family>InterpretationLoss``: the attack's term, not a training loss (RTS's training loss ℓ_int of Eqn 15
+is :class:`~aid.interpreters.rts_loss.RTSLoss`).
 """
 
 from __future__ import annotations
@@ -68,10 +70,9 @@ class InterpretationLoss:
     """
 
     name = "generic"
-    #: ADV2's default λ, measured in the embedded setting (shapes, 32 px, the resnet10t of
-    #: configs/classifier.yaml, ε 0.031, α 1/255, 50 warm + 150 steps, 16 images): CAM's map L1 to the
-    #: benign map fell from 0.161 (PGD) to 0.091 / 0.079 / 0.088 / 0.089 for λ 3 / 10 / 30 / 100, at the
-    #: same success rate (0.94) and target confidence 0.90 / 0.88 / 0.87 / 0.85 (PGD: 0.93).
+    #: ADV2's default λ for this family, chosen in the embedded setting (shapes, 32 px, the resnet10t of
+    #: configs/classifier.yaml, ε 0.031, α 1/255, 50 warm + 150 steps) among 3 / 10 / 30 / 100: the lowest map
+    #: distance to the benign map at an unchanged success rate.
     default_lam: float = 10.0
 
     def __init__(self, interpreter: Interpreter, pool: int = 1) -> None:
@@ -126,7 +127,7 @@ STRATEGIES: Registry[InterpretationLoss] = Registry("interpretation loss")
 
 
 @STRATEGIES.register("cam")
-class CAMLoss(InterpretationLoss):
+class CAMInterpretationLoss(InterpretationLoss):
     """ℓ_int against CAM (§3.3): the generic loss on the CAM, with the logits from the same pass.
 
     CAM is computed from the last feature map, and the classifier's logits are the pooled linear head
@@ -151,7 +152,7 @@ class CAMLoss(InterpretationLoss):
 
 
 @STRATEGIES.register("grad")
-class GradLoss(InterpretationLoss):
+class GradInterpretationLoss(InterpretationLoss):
     """ℓ_int against GRAD (§3.2): the map of x_adv is taken with the smooth ReLU backward h(z).
 
     With ReLU the gradient map is piecewise constant in x, so its loss has zero gradient; a second GRAD
@@ -174,9 +175,7 @@ class GradLoss(InterpretationLoss):
     """
 
     name = "grad"
-    #: Embedded setting (as :attr:`InterpretationLoss.default_lam`), measured on the per-pixel map: GRAD L1
-    #: to the benign map 0.077 (PGD) -> 0.052 / 0.049 / 0.047 / 0.046 for λ 3 / 10 / 30 / 100, confidence
-    #: 0.90 / 0.88 / 0.87 / 0.83; with the configs' pooled map (pool 4) λ 30 gives 0.042 vs PGD's 0.138.
+    #: Chosen as :attr:`InterpretationLoss.default_lam`, on GRAD's per-pixel map.
     default_lam = 30.0
 
     def __init__(
@@ -216,8 +215,11 @@ class GradLoss(InterpretationLoss):
 
 
 @STRATEGIES.register("rts")
-class RTSLoss(InterpretationLoss):
+class RTSInterpretationLoss(InterpretationLoss):
     """ℓ_int against RTS (§3.4): MSE(mask, m_t), plus ℓ_enc = CE(encoder logits, c_t) as the extra term.
+
+    The attack-side term (registered as ``"rts"``); the masker's training loss is
+    :class:`~aid.interpreters.rts_loss.RTSLoss`.
 
     The masking model's encoder decides much of the mask, so the attack also pushes the encoder's own
     classification head towards the target class (§3.6; weight λ_enc = 0.1 in the authors' scripts,
@@ -236,9 +238,8 @@ class RTSLoss(InterpretationLoss):
     """
 
     name = "rts"
-    #: Embedded setting, with an *untrained* decoder (the classifier's backbone as encoder): RTS L1 to
-    #: the benign mask 0.103 (PGD) -> 0.045 / 0.037 / 0.032 / 0.032 for λ 3 / 10 / 30 / 100, confidence
-    #: 0.90 / 0.89 / 0.89 / 0.86. Re-measure with a trained masker.
+    #: Chosen as :attr:`InterpretationLoss.default_lam`, against a masker with an untrained decoder (the
+    #: classifier's backbone as encoder); a trained masker may want another λ.
     default_lam = 30.0
 
     def __init__(self, interpreter: Interpreter, pool: int = 1, presence_weight: float = 1.0) -> None:

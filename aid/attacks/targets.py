@@ -16,7 +16,7 @@ from torch import Tensor
 
 from aid.interpreters.base import Interpreter
 from aid.model_state import frozen_eval
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 SHAPES = ("rectangle", "circle", "random")
 
@@ -53,7 +53,7 @@ def random_target_classes(labels: Tensor, num_classes: int, generator: torch.Gen
     return (labels + offset.to(labels.device)) % num_classes
 
 
-def benign_target_maps(interpreter: Interpreter, classifier: NormalizedClassifier, x: Tensor) -> Tensor:
+def benign_target_maps(interpreter: Interpreter, classifier: Classifier, x: Tensor) -> Tensor:
     """Benign maps (B, 1, H, W): the interpretation of x for the class the classifier predicts on it.
 
     Detached; the classifier's mode and flags are left as they were.

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from aid.defenses.squeeze import Squeezer, build_squeezer
 from aid.model_state import frozen_eval
-from aid.models import NormalizedClassifier, check_images
+from aid.models import Classifier, check_images
 
 JOINT = "joint"
 
@@ -39,7 +39,7 @@ class FeatureSqueezingDetector:
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         squeezers: Sequence[str | Squeezer],
         fpr: float = 0.05,
     ) -> None:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from aid.model_state import frozen_eval
-from aid.models import NormalizedClassifier, check_images
+from aid.models import Classifier, check_images
 from aid.registry import Registry, check_arguments
 
 EPS = 1e-8
@@ -50,13 +50,13 @@ class Interpreter:
     mode, ``requires_grad`` flags or hooks changed.
 
     Args:
-        classifier: the target classifier ``f`` (a :class:`~aid.models.NormalizedClassifier`).
+        classifier: the target classifier ``f`` (a :class:`~aid.models.Classifier`).
     """
 
     name: str = "base"
     differentiable: bool = True
 
-    def __init__(self, classifier: NormalizedClassifier) -> None:
+    def __init__(self, classifier: Classifier) -> None:
         self.classifier = classifier
 
     def attribute(self, x: Tensor, target: int | list[int] | Tensor, create_graph: bool = False) -> Tensor:
@@ -92,7 +92,7 @@ class Interpreter:
 INTERPRETERS: Registry[Interpreter] = Registry("interpreter")
 
 
-def build_interpreter(name: str, classifier: NormalizedClassifier, **kwargs) -> Interpreter:
+def build_interpreter(name: str, classifier: Classifier, **kwargs) -> Interpreter:
     """Instantiate the interpreter registered under ``name`` (grad, cam, gradcam, ig, mask, rts, ensemble).
 
     An unknown name raises a ``KeyError`` listing the allowed ones; a keyword argument the interpreter's

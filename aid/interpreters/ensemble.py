@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from aid.interpreters.base import INTERPRETERS, Interpreter, build_interpreter, minmax_normalize
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 
 @INTERPRETERS.register("ensemble")
@@ -40,7 +40,7 @@ class Ensemble(Interpreter):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         members: Sequence[str | Interpreter] = ("grad", "cam"),
         weights: Sequence[float] | None = None,
         member_kwargs: dict[str, dict] | None = None,

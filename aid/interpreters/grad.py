@@ -53,9 +53,8 @@ class Grad(Interpreter):
 
     ``pool`` average-pools the channel-max map by that factor before the min-max normalisation and
     repeats each cell back to H×W (nearest), as the authors' GRAD does with 4 (224 → 56 cells). The
-    embedded and paper-scale configs set ``pool: 4``; 1 (the default) is the per-pixel saliency map. At
-    32 px the per-pixel map of the embedded classifier is sparse and ADV² cannot draw a random patch
-    with it even without an ε bound; pooled by 4 (8×8 cells) it can (README, "ADV² evaluation").
+    embedded and paper-scale configs set ``pool: 4``; 1 (the default) is the per-pixel saliency map,
+    which at 32 px is sparse.
 
     With ``smooth=True`` the map is computed with the paper's smooth ReLU backward h(z) (§3.2; see
     :mod:`aid.interpreters.smooth_relu`), so a loss on the map has a useful gradient with respect to

@@ -11,7 +11,7 @@ from torch import Tensor
 from aid.interpreters.base import INTERPRETERS, Interpreter, as_target_tensor, minmax_normalize
 from aid.interpreters.grad import SCORES, class_score, grad_input
 from aid.model_state import frozen_eval
-from aid.models import NormalizedClassifier, check_images
+from aid.models import Classifier, check_images
 
 REDUCTIONS = ("sum", "max")
 
@@ -53,7 +53,7 @@ class IntegratedGradients(Interpreter):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         baseline: float | str | Tensor = "zeros",
         steps: int = 32,
         internal_batch_size: int | None = None,

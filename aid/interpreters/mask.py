@@ -10,49 +10,38 @@ The map is the deleted region 1 − m (upsampled): large = important. The paper'
 game with the roles of m and 1 − m swapped; we follow Fong & Vedaldi's convention inside and report
 1 − m, so the map means "importance" like every other interpreter.
 
-Settings (documented where they differ from the authors'; the numbers are from ``python
-scripts/mask_quality.py runs/classifier/checkpoints/last.ckpt default temperature=10,area_weight=1
-temperature=10,area_weight=0.5 temperature=10,area_weight=2 perturbation=blur,area_weight=0.5`` on 64
-validation images with the main job's classifier, 150 iterations; at 64 px ``default
-temperature=10,area_weight=1 --size 64`` on the classifier of ``scripts/plans/patch_targets_64px.yaml``):
-- reference ``grey`` (Fong & Vedaldi's constant perturbation) instead of the authors' blur. At 32 px no
-  blur removes the embedded classifier's class, so the blur MASK mostly finds nothing worth deleting
-  (area weight 0.5: 47 % of its maps all zero, p(class) 0.50 after deleting its region, localisation
-  IoU 0.16 against the object masks). Grey is also deterministic, so a sample's map does not depend on
-  its batch (the random ``noise`` / ``color`` references do). ``perturbation="blur"`` gives the
-  authors' MASK (the paper-scale configs use it).
+Settings, where they differ from the authors':
+
+- reference ``grey`` (Fong & Vedaldi's constant perturbation) instead of the authors' blur: at 32 px a
+  blur leaves small objects recognisable, so a blur MASK finds little whose deletion removes the class.
+  Grey is also deterministic, so a sample's map does not depend on its batch (the random ``noise`` /
+  ``color`` references do). ``perturbation="blur"`` gives the authors' MASK (the paper-scale configs
+  use it).
 - ``temperature``: the class probability is softmax(logits / T) (the paper: T = 1, the default). A very
-  confident classifier saturates the softmax, and its gradient with respect to the mask vanishes: the
-  embedded classifiers (p(class) 0.99 at 32 px, 0.999 at 64 px) left 8 % of the 32 px maps and 61 % of
-  the 64 px maps all zero at T = 1, p(class) only fell to 0.08 (0.62 at 64 px) after deleting the
-  map's region, and localisation was 0.34 / 0.53 (0.14 / 0.21 at 64 px; IoU / energy). The embedded
-  configs therefore set T = 10 with ``area_weight=1``: no empty maps, p(class) 0.007 after the
-  deletion, localisation 0.48 / 0.76 at 32 px and 0.49 / 0.70 at 64 px. On a classifier that is not
-  saturated, T = 10 flattens the probability until the area term wins and the maps come out empty
-  (the quadrant oracle of the tests, p(class) 0.72: all maps empty after 30 iterations).
+  confident classifier saturates the softmax, its gradient with respect to the mask vanishes and the
+  maps come out empty or weak; the embedded configs therefore set T = 10 with ``area_weight=1``. On a
+  classifier that is not saturated, T > 1 flattens the probability until the area term wins and the
+  maps come out empty.
 - mask side ``max(H // mask_scale, min_mask_size)``: 28×28 at 224 px as the authors (``mask_scale=8``);
-  16×16 at 32 px because of ``min_mask_size=16`` (an 8×8 mask, 4×4 pixels per cell, is too coarse for
-  the 8–14 px objects of 32 px images: on a toy shapes problem the map's energy on the object rose from
-  0.29 to 0.36 and the pointing accuracy to 0.72 with 16×16; on the embedded classifier at T = 10 an
-  8×8 mask localises about as well, IoU 0.50 vs 0.48, but with energy 0.69 vs 0.76 and a weaker
-  deletion, and ADV² steers it more easily: README, "ADV² evaluation").
+  16×16 at 32 px because of ``min_mask_size=16`` (an 8×8 mask, 4×4 pixels per cell, is coarse for the
+  8–14 px objects of 32 px images).
 - blur σ (``perturbation="blur"``) ``3.5·H/224`` with a floor of ``min_sigma`` (the authors: σ 3.5,
   21×21 kernel at 224 px); the floor is 2 px because σ 0.5 (the scaled value at 32 px) leaves small
   objects recognisable.
 - Adam lr 0.1, 300 iterations (the authors' interpreter; their Algorithm 1 resets with 300 iterations).
 - The regularisers are means over the mask (not sums), so their weights do not depend on the mask side.
-  The authors' 1e-4·Σ|1 − m| on 28×28 is 0.078·mean; at T = 1 with the grey reference the default
-  ``area_weight=0.25`` (0.5: 14 % empty maps; 0.1: maps spread beyond the object); at T = 10 the
-  embedded configs' 1 (0.5: maps spread beyond the object, energy 0.64; 2: energy 0.84 but
-  localisation IoU 0.45 and p(class) 0.025 after the deletion). ``tv_weight=0.2`` with β = 3.
-- Initialisation m = 0.5 everywhere (deterministic); starting from m = 1 (keep everything) stalled on
-  the toy problem (the class probability stayed at 0.87). ``seed`` seeds the random references
+  The authors' 1e-4·Σ|1 − m| on 28×28 is 0.078·mean; the default ``area_weight=0.25`` is for T = 1 with
+  the grey reference, the embedded configs' 1 for T = 10 (a smaller weight spreads the maps beyond the
+  object, a larger one shrinks them and weakens the deletion). ``tv_weight=0.2`` with β = 3.
+- Initialisation m = 0.5 everywhere (deterministic; a start from m = 1, keep everything, can stall).
+  ``seed`` seeds the random references (``perturbation="noise"`` / ``"color"``); blur and grey have no
+  randomness. ``seed`` seeds the random references
   (``perturbation="noise"`` / ``"color"``); blur and grey have no randomness.
 
-The map is not differentiable with respect to x (the inner optimisation is not unrolled). ADV² against
-MASK (Algorithm 1) uses the public pieces: :meth:`init_mask`, :meth:`mask_loss` (differentiable with
-respect to x and the mask parameter, with ``create_graph``), :meth:`optimize`, :meth:`keep_mask` and
-:meth:`mask_to_map`.
+The map is not differentiable with respect to x (the inner optimisation is not unrolled). The ADV²
+attacks against MASK (:mod:`aid.attacks.adv2_mask` and its sibling modules) use the public pieces:
+:meth:`init_mask`, :meth:`mask_loss` (differentiable with respect to x and the mask parameter, with
+``create_graph``), :meth:`optimize`, :meth:`keep_mask`, :meth:`mask_to_map` and :meth:`unrolled_map`.
 """
 
 from __future__ import annotations
@@ -64,7 +53,7 @@ from torch import Tensor
 from aid.interpreters.base import INTERPRETERS, Interpreter
 from aid.interpreters.blend import Blend
 from aid.model_state import frozen_eval
-from aid.models import NormalizedClassifier
+from aid.models import Classifier
 
 
 def total_variation(m: Tensor, beta: float = 3.0) -> Tensor:
@@ -123,7 +112,7 @@ class MaskInterpreter(Interpreter):
 
     def __init__(
         self,
-        classifier: NormalizedClassifier,
+        classifier: Classifier,
         iterations: int = 300,
         lr: float = 0.1,
         area_weight: float = 0.25,
@@ -163,7 +152,7 @@ class MaskInterpreter(Interpreter):
         self.seed = seed
         self.phi = Blend(perturbation, blur_sigma=blur_sigma, blur_sigma_224=3.5, min_sigma=min_sigma)
 
-    # ----- the pieces ADV² against MASK (Algorithm 1) builds on -----------------------------------
+    # ----- the pieces the ADV² attacks against MASK build on ---------------------------------------------
 
     def mask_size(self, height: int, width: int) -> tuple[int, int]:
         """Side (h, w) of the low-resolution mask for H×W inputs."""
@@ -200,7 +189,7 @@ class MaskInterpreter(Interpreter):
     ) -> Tensor:
         """ℓ_map(m; x) per sample (B,): p_target(φ(x; m)) + λ_area·mean|1 − m| + λ_tv·TV_β(m) (p at
         ``temperature``). ``kept`` (B, 1, H, W) in {0, 1}: pixels that φ keeps whatever m says (a
-        deletion forbidden there; the min-max estimate of ADV² against MASK, aid/attacks/mask_game.py),
+        deletion forbidden there; the min-max estimate of ADV² against MASK, :mod:`aid.attacks.mask_game`),
         None (default) for MASK's own loss.
 
         Differentiable with respect to x (through φ and the blur reference) and the mask parameter
@@ -262,7 +251,8 @@ class MaskInterpreter(Interpreter):
         The same iterations as :meth:`optimize` (torch's Adam with its default betas and eps, the
         parameter clamped to [0, 1] after each step), written out so that autograd keeps the graph
         through them (``create_graph``): an exact gradient of the K-step map with respect to x, at the
-        cost of K double backward passes. Used by ADV² against MASK with ``estimate="unrolled"``.
+        cost of K double backward passes. Used by
+        :class:`~aid.attacks.adv2_mask_unrolled.ADV2MaskUnrolled` (ADV² with ``estimate="unrolled"``).
         """
         _no_inference_mode("MASK")
         target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
@@ -283,7 +273,7 @@ class MaskInterpreter(Interpreter):
 
     def _attribute(self, x: Tensor, target: Tensor, create_graph: bool) -> Tensor:
         # The map is a constant with respect to x (the optimisation is not unrolled); create_graph
-        # therefore returns it without a graph, and ADV² uses Algorithm 1 instead.
+        # therefore returns it without a graph, and ADV² uses its own attacks on MASK instead.
         _no_inference_mode("MASK")
         param = self.optimize(x, target)
         return self.mask_to_map(param, x.shape[-2:])

@@ -13,14 +13,14 @@
   with a 55×55 kernel at 224 px, scaled to the image) or Gaussian noise σ 0.11 around a random colour.
 
 Default weights are those of the authors' code: area 8 with power 0.3, preserver 0.3, destroyer 1 with
-power 1. The smoothness weight is 0.5 in Dabkowski & Gal's code and 0.005 in the ADV² authors' copy
-(notes.md); we keep the authors' 0.005. On a toy 32 px shapes problem (4 classes, objects covering 8 %
-of the image, 300 Adam steps of batch 32) all three settings below learned to point at the object
-(pointing accuracy 0.94–1.0 from 0.5 at the start): the defaults (map mean 0.32), smoothness 0.5
-(smoother, map mean 0.24), and the paper's forms ``preserver="nll", destroyer="prob"`` with
-``preserve_weight=1`` (map mean 0.28). With the paper's forms keep the preserver weight near 1: the
-destroyer is then at most 1, and with preserver 0.3 the all-zero mask costs less than a mask on the
-object under the area weight 8.
+power 1. The smoothness weight is 0.5 in Dabkowski & Gal's code and 0.005 in the ADV² authors' copy;
+we keep the authors' 0.005 (0.5 gives smoother masks). The paper's forms are ``preserver="nll",
+destroyer="prob"``; with them keep the preserver weight near 1 (``preserve_weight=1``): the destroyer is
+then at most 1, and with preserver 0.3 the all-zero mask costs less than a mask on the object under the
+area weight 8.
+
+This is the masker's *training* loss; the attack's term against RTS is
+:class:`~aid.attacks.strategies.RTSInterpretationLoss`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def margin(logits: Tensor, target: Tensor) -> Tensor:
 
 
 class RTSLoss(nn.Module):
-    """ℓ_int of Eqn 15 for masks of an RTS masker, per term and weighted.
+    """ℓ_int of Eqn 15 for masks of an RTS masker, per term and weighted: the masker's training loss.
+
+    Not the attack's ℓ_int against RTS (:class:`~aid.attacks.strategies.RTSInterpretationLoss`).
 
     Args:
         area_weight: λ_ar (default 8).

@@ -63,8 +63,8 @@ class SmoothReLUFunction(torch.autograd.Function):
 class SmoothReLUBackward(torch.autograd.Function):
     """``grad_out · h(z)`` with its own closed-form backward, for the double backward of ADV² on GRAD:
     ∂/∂grad_out = h(z) and ∂/∂z = grad_out · h'(z), h'(z) = τ / (z² + τ)^{3/2}. Written by hand rather
-    than traced through the ops of :func:`smooth_step`, whose recorded graph (mul, rsqrt, where, ...) cost
-    about a quarter of an ADV² step against GRAD on CPU. Third derivatives are not supported."""
+    than traced through the ops of :func:`smooth_step`, whose recorded graph (mul, rsqrt, where, ...) is
+    a large share of an ADV² step against GRAD. Third derivatives are not supported."""
 
     @staticmethod
     def forward(ctx, grad_out: Tensor, z: Tensor, tau: float) -> Tensor:
