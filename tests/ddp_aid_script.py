@@ -26,7 +26,7 @@ def main(devices: int, out: Path) -> None:
         torch.save({"state_dict": RTSModule(str(clf)).state_dict()}, rts)
     pl.seed_everything(0)
     model = AIDModule(
-        str(clf), rts_ckpt=str(rts), presence="encoder", train_masker=False, presence_ce_weight=0.3,
+        str(clf), rts_ckpt=str(rts), presence=True, train_masker=False, presence_ce_weight=0.3,
         keep_weight=2.0, fake_label_prob=0.5, lr=1e-3,
         attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 2},
     )

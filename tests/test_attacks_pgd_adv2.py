@@ -427,7 +427,7 @@ def test_rts_loss_adds_encoder_cross_entropy(trained, batch):
 def test_rts_loss_also_attacks_a_presence_gate_like_the_encoder(trained, batch):
     x, _, t = batch
     interp = rts_interpreter(trained)
-    interp.masker.add_presence("encoder")
+    interp.masker.add_presence()
     with torch.no_grad():  # the copy no longer matches the classifier once AID has trained it
         interp.masker.presence.model.get_classifier().bias.add_(torch.arange(4.0))
     encoder_ce = F.cross_entropy(interp.encoder_logits(x), t, reduction="none")

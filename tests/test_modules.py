@@ -64,8 +64,8 @@ def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_p
     y = torch.arange(64) % 4
     seen = {}
 
-    def spy(classifier, x, target, mask, generator=None, real=None, weight=None):
-        seen["target"], seen["real"], seen["weight"] = target, real, weight
+    def spy(classifier, x, target, mask, generator=None, real=None):
+        seen["target"], seen["real"] = target, real
         return {"loss": mask.sum()}
 
     module.rts_loss.forward = spy
@@ -75,9 +75,6 @@ def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_p
     assert torch.equal(first[0][first[1]], y[first[1]]) and (first[0][~first[1]] != y[~first[1]]).all()
     module.interpretation_loss(x, y, fake_labels=True)
     assert torch.equal(seen["target"], first[0]) and torch.equal(seen["real"], first[1])  # same step, same draw
-    assert seen["weight"] is None
-    module.masker_loss(x, y, fake_labels=True, real_weight=0.25)  # AID's real_int_weight
-    assert torch.equal(seen["weight"], torch.where(first[1], 0.25, 1.0))
     module.interpretation_loss(x, y)  # validation: true classes only
     assert torch.equal(seen["target"], y) and seen["real"] is None
     with pytest.raises(ValueError, match="fake_label_prob"):
@@ -87,7 +84,7 @@ def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_p
 def test_aid_keeps_batch_norm_statistics_fixed_while_training(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     attack = {"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1}
-    module = AIDModule(str(ckpt), train_encoder=True, attack_kwargs=attack)
+    module = AIDModule(str(ckpt), attack_kwargs=attack)
     bns = [m for m in module.masker.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns)
     assert any(m.training for m in module.masker.modules())  # the rest trains
@@ -167,57 +164,34 @@ def test_aid_training_runs_adv2_in_the_loop_and_keeps_rts_as_reference(tmp_path)
     assert set(module.interpreters()) == {"rts", "rtsa"}
 
 
-def test_aid_absent_target_trains_adversarial_masks_like_fake_labels(tmp_path):
-    ckpt = save_classifier(tmp_path / "c.ckpt")
-    module = AIDModule(str(ckpt), aid_target="absent", fake_label_prob=0.5)
-    x, y = next(iter(tiny_data_loader()))[:2]
-    x_adv = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
-    target = (y + 1) % 4
-    loss = module.aid_loss(x, y, x_adv, target)["aid"]
-    mask, _ = module.masker(x_adv, target, upsample=False)
-    fake = torch.zeros_like(target, dtype=torch.bool)
-    expected = module.rts_loss(module.classifier, x_adv, target, mask, generator=module.generator(), real=fake)
-    assert loss.item() == pytest.approx(expected["loss"].item(), rel=1e-5)
-    # Only the area and smoothness terms: a descent step on it shrinks the adversarial masks.
-    params = [p for p in module.masker.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params)
-    with torch.no_grad():
-        for p, g in zip(params, grads, strict=True):
-            p -= 1e-5 * g
-        assert module.masker(x_adv, target, upsample=False)[0].mean() < mask.mean()
-    with pytest.raises(ValueError, match="aid_target"):
-        AIDModule(str(ckpt), aid_target="nowhere")
-
-
-def test_aid_presence_head_starts_as_rts_scaled_and_alone_trains_without_train_masker(tmp_path):
+def test_aid_presence_gate_starts_as_rts_scaled_by_the_classifier_and_alone_trains_without_train_masker(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     rts = RTSModule(str(ckpt))
     torch.save({"state_dict": rts.state_dict()}, tmp_path / "rts.ckpt")
     module = AIDModule(
-        str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), presence=8, presence_init=3.0, presence_lr=0.05,
-        train_masker=False, attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1},
+        str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), presence=True, train_masker=False, lr=0.05,
+        attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1},
     )
     assert module.reference.presence is None  # RTS stays Dabkowski & Gal's masker
     x, y = next(iter(tiny_data_loader()))[:2]
-    with torch.no_grad():
-        scaled = module.reference(x, y)[0] * torch.sigmoid(torch.tensor(3.0))
-        assert torch.allclose(module.masker(x, y)[0], scaled, atol=1e-6)
+    with torch.no_grad():  # the gate starts as the classifier: RTS's maps times its belief in the class
+        belief = module.classifier(x).softmax(1).gather(1, y[:, None])[:, :, None, None]
+        assert torch.allclose(module.masker(x, y)[0], (module.reference(x, y)[0] * belief).clamp(0, 1), atol=1e-5)
     groups = module.param_groups()
-    assert len(groups) == 1 and groups[0]["lr"] == 0.05
-    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in module.masker.presence.parameters()}
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in module.masker.presence.parameters()}
     decoder = {k: v.clone() for k, v in module.masker.state_dict().items() if not k.startswith("presence.")}
-    head = module.masker.presence.classify.weight.clone()
+    gate = [p.clone() for p in module.masker.presence.parameters()]
     fit(module, steps=2)
     after = module.masker.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in decoder.items())
-    assert not torch.equal(head, module.masker.presence.classify.weight)
-    # An RTSA checkpoint with a head loads into a plain masker (evaluate.py's rtsa_ckpt).
+    assert not all(torch.equal(a, b) for a, b in zip(gate, module.masker.presence.parameters(), strict=True))
+    # An RTSA checkpoint with a gate loads into a plain masker (evaluate.py's rtsa_ckpt).
     torch.save({"state_dict": module.state_dict()}, tmp_path / "rtsa.ckpt")
     from aid.interpreters.rts import RTSMasker, load_masker_state
 
     plain = RTSMasker.from_classifier(module.classifier)
     load_masker_state(plain, tmp_path / "rtsa.ckpt")
-    assert plain.presence is not None and plain.presence.width == 8
+    assert plain.presence is not None
     with torch.no_grad():
         assert torch.allclose(plain.eval()(x, y)[0], module.masker.eval()(x, y)[0])
     with pytest.raises(ValueError, match="train_masker"):
@@ -226,14 +200,14 @@ def test_aid_presence_head_starts_as_rts_scaled_and_alone_trains_without_train_m
 
 def test_aid_presence_ce_term_trains_the_gate_to_see_the_true_class_in_adversarial_inputs(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
-    module = AIDModule(str(ckpt), presence="encoder", train_masker=False, presence_ce_weight=0.5)
+    module = AIDModule(str(ckpt), presence=True, train_masker=False, presence_ce_weight=0.5)
     x, y = next(iter(tiny_data_loader()))[:2]
     x_adv = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
     terms = module.aid_loss(x, y, x_adv, (y + 1) % 4)
     logits = module.masker.presence(module.masker.normalize(x_adv))
     expected = torch.nn.functional.cross_entropy(logits, y)
     assert terms["presence"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert "presence" not in AIDModule(str(ckpt), presence="encoder").aid_loss(x, y, x_adv, (y + 1) % 4)
+    assert "presence" not in AIDModule(str(ckpt), presence=True).aid_loss(x, y, x_adv, (y + 1) % 4)
     with pytest.raises(ValueError, match="presence"):
         AIDModule(str(ckpt), presence="everywhere")
 

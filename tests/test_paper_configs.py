@@ -129,7 +129,7 @@ def write_checkpoints(cfg: dict[str, Any], folder: Path = Path("provided"), keys
             scale = int(source.get("mask_scale", init_args(cfg).get("mask_scale", 2)))
             masker = RTSMasker.from_classifier(ClassifierModule(**spec).classifier, mask_scale=scale)
             if source.get("presence"):  # an RTSA checkpoint of an AID run with a presence gate
-                masker.add_presence(source["presence"])
+                masker.add_presence()
             torch.save({"state_dict": {f"masker.{k}": v for k, v in masker.state_dict().items()}}, path)
         args += [f"--{key}", str(path)]
     return args

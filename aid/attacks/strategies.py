@@ -279,7 +279,7 @@ class RTSInterpretationLoss(InterpretationLoss):
     ) -> tuple[Tensor, Tensor, Tensor]:
         # RTS's encoder is by default an exact (frozen) copy of the classifier's backbone: its logits are
         # then the classifier's, and one masker pass serves ℓ_prd, ℓ_int and ℓ_enc. A trained or
-        # different encoder (RTSA with train_encoder, a timm encoder) gets the separate classifier pass.
+        # different encoder (one that was trained, a timm encoder) gets the separate classifier pass.
         if not self.shares_classifier(classifier) or not encoder_is_classifier(
             self.interpreter.masker, self.interpreter.classifier
         ):

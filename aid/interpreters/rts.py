@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from aid.checkpoints import load_checkpoint
 from aid.interpreters.base import INTERPRETERS, Interpreter
-from aid.interpreters.presence import EncoderPresence, PresenceHead
+from aid.interpreters.presence import EncoderPresence
 from aid.model_state import frozen_eval
 from aid.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
@@ -106,10 +106,9 @@ class RTSMasker(nn.Module):
         mean, std: normalisation of [0, 1] inputs (default: from the encoder's pretrained config, else
             ImageNet).
         eps: added to |a| + |b| so that the ratio stays finite.
-        presence: a class-presence gate whose probability that the target class is present multiplies
-            the mask (:mod:`aid.interpreters.presence`): the width of a small CNN, ``"encoder"`` for a
-            trainable copy of the encoder, or 0 (default): none, Dabkowski & Gal's masker. AID adds one
-            with its ``presence`` option (:meth:`add_presence`).
+        presence: add a class-presence gate whose belief that the target class is present multiplies the
+            mask (:mod:`aid.interpreters.presence`, a trainable copy of the encoder; default False:
+            Dabkowski & Gal's masker). AID adds one with its ``presence`` option (:meth:`add_presence`).
 
     Shapes: ``forward(x, target)``: x (B, C, H, W) in [0, 1], target (B,) long -> mask (B, 1, H, W) in
     [0, 1] (float32), encoder logits (B, K).
@@ -130,7 +129,7 @@ class RTSMasker(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         eps: float = 1e-6,
-        presence: int | str = 0,
+        presence: bool = False,
     ) -> None:
         super().__init__()
         if int(mask_scale) < 1:
@@ -192,21 +191,14 @@ class RTSMasker(nn.Module):
         self.encoder.requires_grad_(not self.freeze_encoder)
         if self.freeze_encoder:
             self.encoder.eval()
-        self.presence: PresenceHead | EncoderPresence | None = None
-        if presence == "encoder" or (not isinstance(presence, str) and int(presence) > 0):
-            self.add_presence(presence)
+        self.presence: EncoderPresence | None = None
+        if presence:
+            self.add_presence()
 
-    def add_presence(self, kind: int | str = 32, init_logit: float = 5.0) -> nn.Module:
-        """Add (or replace) a class-presence gate and return it: ``kind`` is the width of a
-        :class:`~aid.interpreters.presence.PresenceHead` (``init_logit`` its starting logit) or
-        ``"encoder"`` for an :class:`~aid.interpreters.presence.EncoderPresence` copy of the encoder."""
-        if kind == "encoder":
-            head = EncoderPresence(self.encoder)
-        elif isinstance(kind, str):
-            raise ValueError(f"presence must be a width or 'encoder', got {kind!r}")
-        else:
-            head = PresenceHead(self.mean.shape[1], self.num_classes, int(kind), init_logit)
-        self.presence = head.to(self.mean.device)
+    def add_presence(self) -> EncoderPresence:
+        """Add (or replace) the class-presence gate, a trainable copy of the encoder
+        (:class:`~aid.interpreters.presence.EncoderPresence`), and return it."""
+        self.presence = EncoderPresence(self.encoder).to(self.mean.device)
         return self.presence
 
     @classmethod
@@ -264,7 +256,7 @@ class RTSMasker(nn.Module):
     def forward_all(
         self, x: Tensor, target: Tensor, upsample: bool = True
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """:meth:`forward` plus the presence head's logits (B, K) (None without a head)."""
+        """:meth:`forward` plus the presence gate's logits (B, K) (None without a gate)."""
         z = self.normalize(x)
         final, feats = self.encoder.forward_intermediates(z)
         logits = self.encoder.forward_head(final)
@@ -291,8 +283,8 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
     In a Lightning checkpoint (``state_dict`` entry) the masker's keys are those containing ``key``
     (``masker.`` for a module attribute named ``masker``, also nested as ``rts.masker.``); the prefix up
     to and including ``key`` is stripped. Loads with ``weights_only=True`` onto the CPU, strictly;
-    weights of a presence head (an AID checkpoint with ``presence``) give a masker without one a head
-    of their width first.
+    the weights of a presence gate (an AID checkpoint with ``presence``) give a masker without one a gate
+    first.
     """
     state = load_checkpoint(checkpoint)  # weights only; clear errors for missing or unsafe files
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -307,10 +299,8 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
             picked[k.split(f".{key}", 1)[1]] = v
     if picked:
         state = picked
-    if masker.presence is None and "presence.features.0.weight" in state:
-        masker.add_presence(int(state["presence.features.0.weight"].shape[0]))
-    elif masker.presence is None and any(k.startswith("presence.model.") for k in state):
-        masker.add_presence("encoder")
+    if masker.presence is None and any(k.startswith("presence.model.") for k in state):
+        masker.add_presence()
     try:
         masker.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -83,14 +83,13 @@ class RTSLoss(nn.Module):
         noise_std, color_range, blur_prob: of the random reference (see :mod:`blend`).
         reduction: ``mean`` (default) over the batch or ``none`` for per-image losses (B,).
 
-    ``forward(classifier, x, target, mask, generator=None, real=None, weight=None)``: x (B, C, H, W) in [0, 1], target
+    ``forward(classifier, x, target, mask, generator=None, real=None)``: x (B, C, H, W) in [0, 1], target
     (B,) long, mask (B, 1, h, w) in [0, 1] (upsampled bilinearly for φ when h×w ≠ H×W) -> dict with
     ``loss`` (weighted total, differentiable) and the detached terms ``tv``, ``area``, ``preserve``,
     ``destroy``. The caller freezes the classifier; ``generator`` drives the random references.
     ``real`` (B,) bool marks the images whose target class is present; for the others (Dabkowski &
     Gal's *fake labels*: a class the image does not show) the preserver and destroyer are dropped, so
-    the area and smoothness terms drive the mask to empty. Default: every class is real. ``weight``
-    (B,) scales each image's loss before the batch mean (default: all 1).
+    the area and smoothness terms drive the mask to empty. Default: every class is real.
 
     Example:
         >>> criterion = RTSLoss()
@@ -164,10 +163,8 @@ class RTSLoss(nn.Module):
         mask: Tensor,
         generator: torch.Generator | None = None,
         real: Tensor | None = None,
-        weight: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Weighted ℓ_int and its terms (see the class docstring); ``weight`` (B,) scales each image's
-        loss (not the logged terms) before the batch mean."""
+        """Weighted ℓ_int and its terms (see the class docstring)."""
         target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
         mask = mask.float()
         full = mask
@@ -198,8 +195,6 @@ class RTSLoss(nn.Module):
             + self.preserve_weight * terms["preserve"]
             + self.destroy_weight * terms["destroy"]
         )
-        if weight is not None:
-            loss = loss * torch.as_tensor(weight, device=x.device, dtype=loss.dtype).expand(x.shape[0])
         if self.reduction == "mean":
             loss = loss.mean()
             terms = {k: v.mean() for k, v in terms.items()}

@@ -13,16 +13,14 @@ Trains an RTS masker ("RTSA") by alternating two losses on every batch:
 Why the fake labels: ADV² asks the masker for the *target* class t on an image that still shows the
 original object. A masker that learned to answer "absent" for a class it cannot see forces the attack
 to draw the class-t evidence in the shape of the benign map, which is what ℓ_aid then trains the
-masker to refuse. On the embedded shapes data neither alone makes RTSA harder to fool than RTS; both
-together do (README, "AID: what matters", configs/aid_ablation.yaml).
+masker to refuse.
 
-With ``presence="encoder"`` and ``train_masker=False`` (the main job, configs/rts_aid.yaml) RTSA is RTS's
-frozen masker times a class-presence gate, a trainable copy of the classifier whose softmax probability
-of the asked class multiplies the mask (:mod:`aid.interpreters.presence`); the same two steps train only
-the gate, and ``presence_ce_weight`` adds Madry-style adversarial training of it (A(x) must still show
-x's class). RTS's selector decides "is class t here?" with a copy of the fooled classifier; the gate is
-a second judge that ADV² in the loop teaches not to be fooled. Benign maps then move only where the gate
-doubts the class (README: benign L1 0.018 instead of 0.049, ADV² 6.8× instead of 2.2× less effective).
+With ``presence=True`` and ``train_masker=False`` (the main job) RTSA is RTS's frozen masker times a
+class-presence gate, a trainable copy of the classifier whose belief in the asked class multiplies the
+mask (:mod:`aid.interpreters.presence`); the same two steps train only the gate, and
+``presence_ce_weight`` adds Madry-style adversarial training of it (A(x) must still show x's class).
+RTS's selector decides "is class t here?" with a copy of the fooled classifier; the gate is a second
+judge that ADV² in the loop teaches not to be fooled, and benign maps move only where it doubts the class.
 """
 
 from __future__ import annotations
@@ -47,45 +45,33 @@ class AIDModule(RTSModule):
         classifier_ckpt: checkpoint of the frozen target classifier (or ``arch`` ..., as :class:`RTSModule`).
         rts_ckpt: start from this trained RTS checkpoint (``None``: from scratch). Its masker is also
             kept, frozen, as the ``rts`` interpreter so evaluations compare RTS with RTSA.
-        aid_weight: weight of ℓ_aid in its optimiser step.
-        attack_every_n_steps: make adversarial examples on every n-th batch (others only do ℓ_int).
-        attack_fraction: share of each batch that is attacked (in (0, 1]).
-        attack_kwargs: ADV² settings (eps, alpha, steps, warm_steps, lam, lam_enc, ...).
-        train_encoder: also train the masker's encoder (frozen in RTS training by default).
+        aid_weight: weight of ℓ_aid in its optimiser step (default 1).
+        attack_every_n_steps: make adversarial examples on every n-th batch (others only do ℓ_int; default 1).
+        attack_fraction: share of each batch that is attacked, in (0, 1] (default 0.5).
+        attack_kwargs: ADV² settings against the current masker (eps, alpha, steps, warm_steps, lam, ...).
         keep_weight: weight of ℓ_keep = L1 between the benign maps of the masker and of the starting RTS
             (needs ``rts_ckpt``), added to both alternating steps (in the ℓ_int step on the images asked
-            for their own class) so that benign maps stay those of RTS.
-        real_int_weight: weight of ℓ_int on the images asked for their own class (default 1). With 0,
-            ℓ_int only trains the fake labels' masks to be empty, and the real classes' maps are held by
-            ℓ_keep alone (distillation to RTS's maps): RTS is not at ℓ_int's optimum, and re-optimising
-            ℓ_int moves benign maps even without ℓ_aid (README, "AID: what matters").
-        aid_target: what ℓ_aid asks of the maps of adversarial inputs. ``"away"`` (default, Eqn 16):
-            −‖g(x) − g(A(x))‖₁, as far from the benign map as possible. ``"absent"``: the map of the
-            attack's target class is trained like that of a fake label (only RTS's area and smoothness
-            terms, so it is driven to empty): A(x) still shows x's object, not one of the target class,
-            so the masker is taught to answer "absent" where the classifier was fooled.
-        presence: a class-presence gate added to the masker (default 0: none;
-            :mod:`aid.interpreters.presence`): its probability that the asked class is shown multiplies
-            the mask. ``"encoder"``: a trainable copy of the masker's encoder (the classifier), its
-            softmax probability; a width: a small CNN from scratch that starts out saying "present".
-        presence_lr: learning rate of the presence gate (default None: ``lr``); a small CNN learnt from
-            scratch beside a fine-tuned masker may need a larger one than the masker.
-        presence_init: initial logit of every class in a small-CNN presence head (sigmoid 0.95 for 3; unused
-            by ``"encoder"``): lower makes the head learn faster (its sigmoid is less saturated) and scales
-            RTS's maps down at the start.
-        presence_ce_weight: weight of the presence gate's adversarial training term in the ℓ_aid step:
-            A(x) must make the gate call x's own class present (cross-entropy towards y for the encoder
-            copy, Madry-style adversarial training of the gate; default 0).
-        train_masker: train the masker's decoder and selector (default True). With ``presence`` and
-            False, only the presence head trains: RTSA's maps are RTS's maps times the head's belief.
+            for their own class) so that benign maps stay those of RTS (default 0).
         freeze_bn: keep every batch-norm layer of the masker in eval mode (running statistics fixed) while
             training. Benign and adversarial batches go through the masker separately; with batch
             statistics each would be normalised by its own mean and variance, and the masker could learn
             to tell them apart by a difference that does not exist at inference (default True).
+        presence: add a class-presence gate to the masker, a trainable copy of its encoder
+            (:class:`~aid.interpreters.presence.EncoderPresence`) whose belief in the asked class
+            multiplies the mask (default False).
+        presence_ce_weight: weight of the gate's adversarial training term in the ℓ_aid step: on A(x) the
+            gate must call x's own class present (its cross-entropy towards y; default 0).
+        train_masker: train the masker's decoder and selector (default True). With ``presence`` and
+            False, only the gate trains: RTSA's maps are RTS's maps times the gate's belief.
         other args: as :class:`RTSModule`.
 
     Logs ``train/loss`` (ℓ_int), ``train/aid`` (ℓ_aid), ``train/keep`` (ℓ_keep), ``train/attack_asr`` and,
     with ``presence_ce_weight``, ``train/presence_ce``.
+
+    Example:
+        >>> module = AIDModule(classifier_ckpt="classifier.ckpt", rts_ckpt="rts.ckpt", presence=True,
+        ...                    train_masker=False, presence_ce_weight=0.3, keep_weight=2.0, aid_weight=3.0)
+        >>> pl.Trainer(max_epochs=2, inference_mode=False).fit(module, datamodule=data)
     """
 
     def __init__(
@@ -96,14 +82,9 @@ class AIDModule(RTSModule):
         attack_every_n_steps: int = 1,
         attack_fraction: float = 0.5,
         attack_kwargs: dict[str, Any] | None = None,
-        train_encoder: bool = False,
         keep_weight: float = 0.0,
         freeze_bn: bool = True,
-        aid_target: str = "away",
-        real_int_weight: float = 1.0,
-        presence: int | str = 0,
-        presence_lr: float | None = None,
-        presence_init: float = 3.0,
+        presence: bool = False,
         presence_ce_weight: float = 0.0,
         train_masker: bool = True,
         **rts_kwargs: Any,
@@ -113,49 +94,29 @@ class AIDModule(RTSModule):
             raise ValueError(f"model.attack_fraction must lie in (0, 1], got {attack_fraction}")
         if attack_every_n_steps < 1:
             raise ValueError(f"model.attack_every_n_steps must be >= 1, got {attack_every_n_steps}")
-        if aid_target not in ("away", "absent"):
-            raise ValueError(f"model.aid_target must be 'away' or 'absent', got {aid_target!r}")
-        if real_int_weight < 0:
-            raise ValueError(f"model.real_int_weight must be >= 0, got {real_int_weight}")
         if aid_weight < 0:
             raise ValueError(f"model.aid_weight must be >= 0, got {aid_weight}")
         if presence_ce_weight < 0:
             raise ValueError(f"model.presence_ce_weight must be >= 0, got {presence_ce_weight}")
-        if presence != "encoder" and (isinstance(presence, str) or presence < 0):
-            raise ValueError(f"model.presence must be a width >= 0 or 'encoder', got {presence!r}")
-        if not train_masker and not presence and not train_encoder:
-            raise ValueError("model.train_masker false leaves nothing to train: add model.presence")
+        if not isinstance(presence, bool):
+            raise ValueError(f"model.presence must be true or false, got {presence!r}")
+        if not train_masker and not presence:
+            raise ValueError("model.train_masker false leaves nothing to train: set model.presence true")
         self.save_hyperparameters(ignore=["classifier"])
         self.automatic_optimization = False
         self.reference = None
         if rts_ckpt is not None:
             load_masker_state(self.masker, rts_ckpt)
             self.reference = copy.deepcopy(self.masker).eval().requires_grad_(False)
-        if train_encoder:
-            # The encoder starts as a copy of the classifier, so ADV² fools it exactly as it fools f; letting
-            # AID move it is what allows RTSA to tell adversarial inputs from benign ones.
-            self.masker.freeze_encoder = False
-            self.masker.encoder.requires_grad_(True)
         if not train_masker:
             for name, module in self.masker.named_children():
                 if name not in ("encoder", "presence"):
                     module.requires_grad_(False)
         if presence:
             # After the reference copy: RTS stays without one.
-            self.masker.add_presence(presence, init_logit=presence_init)
+            self.masker.add_presence()
         self.attack_kwargs = dict(attack_kwargs or {})
         self.train()  # apply the mode rules (reference and frozen batch norm in eval mode) from the start
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The masker's trainable parameters; the presence head in a group of its own with ``presence_lr``."""
-        groups = super().param_groups()
-        lr = self.hparams.presence_lr
-        if self.masker.presence is None or lr is None:
-            return groups
-        head = {id(p) for p in self.masker.presence.parameters()}
-        rest = [p for g in groups for p in g["params"] if id(p) not in head]
-        own = [p for p in self.masker.presence.parameters() if p.requires_grad]
-        return [*([{"params": rest}] if rest else []), {"params": own, "lr": float(lr)}]
 
     def on_train_start(self) -> None:
         # Lightning does not call ``train()`` when fit starts; it keeps each module's mode as it finds it.
@@ -201,21 +162,13 @@ class AIDModule(RTSModule):
         return result.x_adv.detach(), target, result.success
 
     def aid_loss(self, x: Tensor, y: Tensor, x_adv: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """ℓ_aid and ℓ_keep (per-pixel L1 of the benign maps to the starting RTS; 0 without one).
-
-        ``aid_target="away"``: Eqn 16, minus the mean per-pixel L1 between benign and adversarial maps
-        (the benign map detached); ``"absent"``: RTS's loss of the adversarial masks for the target
-        classes with every class marked fake (area and smoothness terms only). With a presence gate and
-        ``presence_ce_weight``, ``presence`` is the gate's loss for calling x's own class present on
-        A(x) (its cross-entropy towards y for the encoder copy), added to ℓ_aid with that weight."""
+        """ℓ_aid (Eqn 16: minus the mean per-pixel L1 between the benign maps, detached, and the adversarial
+        maps) and ℓ_keep (per-pixel L1 of the benign maps to the starting RTS; 0 without one). With a
+        presence gate and ``presence_ce_weight``, ``presence`` is the gate's loss for calling x's own class
+        present on A(x) (its cross-entropy towards y), added to ℓ_aid with that weight."""
         benign = self.masker(x, y)[0]
-        absent = self.hparams.aid_target == "absent"
-        adv, _, presence = self.masker.forward_all(x_adv, target, upsample=not absent)
-        if absent:
-            fake = torch.zeros_like(target, dtype=torch.bool)
-            aid = self.rts_loss(self.classifier, x_adv, target, adv, generator=self.generator(), real=fake)["loss"]
-        else:
-            aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
+        adv, _, presence = self.masker.forward_all(x_adv, target)
+        aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
         out = {"aid": aid, "keep": self.keep_loss(benign, x, y)}
         if presence is not None and self.hparams.presence_ce_weight > 0:
             out["presence"] = self.masker.presence.attack_loss(presence, y).mean()
@@ -237,7 +190,7 @@ class AIDModule(RTSModule):
     def training_step(self, batch, batch_idx: int) -> None:
         opt = self.optimizers()
         x, y = batch[0], batch[1]
-        terms, mask, real = self.masker_loss(x, y, fake_labels=True, real_weight=self.hparams.real_int_weight)
+        terms, mask, real = self.masker_loss(x, y, fake_labels=True)
         # ℓ_keep on the images asked for their own class, in this step too: benign maps are held at
         # RTS's in both alternating steps, not only where ℓ_aid pushes.
         loss = terms["loss"] + self.hparams.keep_weight * self.keep_loss(mask, x, y, real)

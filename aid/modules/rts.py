@@ -135,12 +135,10 @@ class RTSModule(pl.LightningModule):
         return self.masker_loss(x, y, fake_labels)[0]
 
     def masker_loss(
-        self, x: Tensor, y: Tensor, fake_labels: bool = False, real_weight: float = 1.0
+        self, x: Tensor, y: Tensor, fake_labels: bool = False
     ) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
         """(ℓ_int terms, masks (B, 1, h, w) at the decoder's resolution, ``real`` (B,) bool or None):
-        :meth:`interpretation_loss` with the masks and which classes were kept (None: all).
-        ``real_weight`` scales the loss of the images asked for their own class when fake labels are
-        drawn (AID replaces it by distillation to RTS's maps)."""
+        :meth:`interpretation_loss` with the masks and which classes were kept (None: all)."""
         gen = self.generator()
         real = None
         p = float(self.hparams.get("fake_label_prob", 0.0))
@@ -150,11 +148,7 @@ class RTSModule(pl.LightningModule):
             other = (y + torch.randint(1, k, y.shape, generator=gen, device=y.device)) % k
             y = torch.where(real, y, other)
         mask, _ = self.masker(x, y, upsample=False)
-        weight = None
-        if fake_labels and real_weight != 1.0:  # without fake labels every image is asked for its own class
-            real_mask = real if real is not None else torch.ones_like(y, dtype=torch.bool)
-            weight = torch.where(real_mask, float(real_weight), 1.0)
-        return self.rts_loss(self.classifier, x, y, mask, generator=gen, real=real, weight=weight), mask, real
+        return self.rts_loss(self.classifier, x, y, mask, generator=gen, real=real), mask, real
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
