@@ -30,8 +30,8 @@ def tiny_classifier():
 
 
 def load_script(name: str) -> ModuleType:
-    """The module ``scripts/<name>.py``, loaded from its file (scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    """The module ``experiments/<name>.py``, loaded from its file (experiments are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

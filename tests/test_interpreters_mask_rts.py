@@ -10,6 +10,7 @@ from aid.interpreters.blend import Blend, blend, blur_reference, random_referenc
 from aid.interpreters.mask import MaskInterpreter
 from aid.interpreters.rts import RTSInterpreter, RTSMasker, load_masker_state
 from aid.interpreters.rts_loss import RTSLoss
+from tests.conftest import quadrant_classifier, quadrant_images
 
 
 def images(n: int = 4, seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -390,3 +391,15 @@ def test_a_few_rts_loss_steps_on_one_batch_lower_the_loss(tiny_classifier):
     with torch.no_grad():
         end = loss()
     assert end < start
+
+
+def test_unrolled_map_equals_the_interpreters_k_step_map_and_has_a_gradient_to_x():
+    clf = quadrant_classifier()
+    x, y = quadrant_images(4, seed=7)
+    mask = MaskInterpreter(clf, iterations=6)
+    expected = mask.mask_to_map(mask.optimize(x, y, steps=6), x.shape[-2:])
+    xv = x.clone().requires_grad_(True)
+    got = mask.unrolled_map(xv, y, 6)
+    torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)
+    (g,) = torch.autograd.grad(got.sum(), xv)
+    assert g.abs().sum() > 0

@@ -13,7 +13,7 @@ classifier, an RTS) are found or made in the runs folder ``--runs`` (by default 
 earlier ``stage``). Up to ``--jobs`` variants run at once: on a GPU small models leave most of the card
 idle, so several processes share it.
 
-    python scripts/sweep.py scripts/plans/aid_presence.yaml --out sweeps/aid --jobs 2
+    python experiments/sweep.py experiments/plans/aid_presence.yaml --out sweeps/aid --jobs 2
 
 Plan keys: ``defaults`` (any variant key), ``variants`` (list). Variant keys: ``name``, ``script``
 (train.py or evaluate.py), ``subcommand`` (fit, validate, test; default: the script's own), ``config``

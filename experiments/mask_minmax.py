@@ -18,9 +18,9 @@ with the benign map), then how the game ended: p_t with R deleted, with the inne
 and with MASK's own region deleted, and where MASK's map lies (its share inside R, the share of R
 it covers):
 
-    python scripts/mask_minmax.py            (64 images, 5 min)
-    python scripts/mask_minmax.py --w-region 30 --target-seed 1
-    python scripts/mask_minmax.py --mask min_mask_size=8   (8×8 mask)
+    python experiments/mask_minmax.py            (64 images, 5 min)
+    python experiments/mask_minmax.py --w-region 30 --target-seed 1
+    python experiments/mask_minmax.py --mask min_mask_size=8   (8×8 mask)
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
-from scripts.mask_quality import parse_setting  # noqa: E402
-from scripts.mask_unrolled import eval_mask_kwargs  # noqa: E402
-from scripts.shapes_images import correct_validation_images  # noqa: E402
+from experiments.mask_quality import parse_setting  # noqa: E402
+from experiments.mask_unrolled import eval_mask_kwargs  # noqa: E402
+from experiments.shapes_images import correct_validation_images  # noqa: E402
 
 
 def main() -> None:

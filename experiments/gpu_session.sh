@@ -4,12 +4,12 @@
 # the device image lacks travel as wheels in .whl/; a classifier and RTS trained here can travel in
 # .prereq/runs (their run folders: the main job and the sweeps then find them as finished prerequisites;
 # without them both are trained on the GPU first).
-#   OUT=/tmp/out BUDGET=420 PLANS="scripts/plans/mask_unrolled_gpu.yaml:7" bash scripts/gpu_session.sh
+#   OUT=/tmp/out BUDGET=420 PLANS="experiments/plans/mask_unrolled_gpu.yaml:7" bash experiments/gpu_session.sh
 # MAINJOB=0 runs the sweeps alone; ONLY="a,b" runs those variants of every plan.
 set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-PLANS=${PLANS:-"scripts/plans/aid_variants.yaml:5 scripts/plans/mask_attack.yaml:3"}
+PLANS=${PLANS:-"experiments/plans/aid_variants.yaml:5 experiments/plans/mask_attack.yaml:3"}
 el() { echo $(( $(date +%s) - T0 )); }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -35,7 +35,7 @@ names=()
 for spec in $PLANS; do
   plan=${spec%%:*}; jobs=1; [ "$spec" != "$plan" ] && jobs=${spec##*:}   # "plan.yaml" alone: one job
   name=$(basename "$plan" .yaml); names+=("$name")
-  timeout $LEFT python3 scripts/sweep.py "$plan" --out "/tmp/sw_$name" --jobs "$jobs" --threads 1 ${ONLY:+--only "$ONLY"} \
+  timeout $LEFT python3 experiments/sweep.py "$plan" --out "/tmp/sw_$name" --jobs "$jobs" --threads 1 ${ONLY:+--only "$ONLY"} \
     --deadline $(( LEFT > 300 ? LEFT - 150 : LEFT / 2 )) > "$OUT/sweep_$name.log" 2>&1 &
 done
 wait

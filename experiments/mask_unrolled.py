@@ -11,14 +11,14 @@ pixels, largest value, images whose PGD map shares no pixel with the benign one)
 deletion (its reference in place of the image) removes the class. README ("ADV² evaluation") quotes
 it:
 
-    python scripts/mask_unrolled.py --unroll 20 40
-    python scripts/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
+    python experiments/mask_unrolled.py --unroll 20 40
+    python experiments/mask_unrolled.py <64 px classifier> --size 64 --unroll    (statistics only)
 
 ``--mask key=value,...`` changes MASK's settings (``min_mask_size=8``: an 8×8 mask at 32 px instead of
 16×16) and ``--algorithm1`` also runs Algorithm 1 (ADV2Mask, the default estimate, 30 + 30 steps as the
 config's row):
 
-    python scripts/mask_unrolled.py --images 64 --unroll 20 \
+    python experiments/mask_unrolled.py --images 64 --unroll 20 \
         --mask min_mask_size=8 --algorithm1
 """
 
@@ -39,8 +39,8 @@ from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
-from scripts.mask_quality import parse_setting  # noqa: E402
-from scripts.shapes_images import correct_validation_images  # noqa: E402
+from experiments.mask_quality import parse_setting  # noqa: E402
+from experiments.shapes_images import correct_validation_images  # noqa: E402
 
 EVAL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval_adv2.yaml"
 

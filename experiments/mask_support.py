@@ -12,7 +12,7 @@ image, the attack success rate and, on the successful images, IoU (top 25 %) and
 the result with the benign map, and the share of non-zero pixels of both maps. MASK's settings are
 configs/eval_adv2.yaml's.
 
-    python scripts/mask_support.py     (64 images, 1 min)
+    python experiments/mask_support.py     (64 images, 1 min)
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from aid.attacks.pgd import PGD  # noqa: E402
 from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters import build_interpreter  # noqa: E402
 from aid.metrics import map_iou, map_l1  # noqa: E402
-from scripts.mask_unrolled import eval_mask_kwargs  # noqa: E402
-from scripts.shapes_images import correct_validation_images  # noqa: E402
+from experiments.mask_unrolled import eval_mask_kwargs  # noqa: E402
+from experiments.shapes_images import correct_validation_images  # noqa: E402
 
 
 class SupportClassifier(nn.Module):

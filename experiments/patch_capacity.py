@@ -6,9 +6,9 @@ cells, upsampled and min-max normalised as CAM is) and (2) the L1 that ADV² rea
 the first 16 test images of the shapes data. GRAD's map is pooled by 4 as the configs' (``--pool 1``:
 the per-pixel map):
 
-    python scripts/patch_capacity.py                 (CAM, 90 steps)
-    python scripts/patch_capacity.py --interpreter grad --steps 300
-    python scripts/patch_capacity.py --interpreter grad --steps 300 --pool 1
+    python experiments/patch_capacity.py                 (CAM, 90 steps)
+    python experiments/patch_capacity.py --interpreter grad --steps 300
+    python experiments/patch_capacity.py --interpreter grad --steps 300 --pool 1
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aid.interpreters import build_interpreter  # noqa: E402
 from aid.interpreters.cam import upsample_normalize  # noqa: E402
 from aid.metrics import map_l1  # noqa: E402
 from datamodules import ShapesDataModule  # noqa: E402
-from scripts.shapes_images import embedded_classifier  # noqa: E402
+from experiments.shapes_images import embedded_classifier  # noqa: E402
 
 
 def best_grid_l1(patch: torch.Tensor, side: int = 4, steps: int = 2000) -> float:

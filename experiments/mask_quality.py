@@ -16,12 +16,12 @@ benign map: how much MASK's map moves when the class does not change.
 ``aid/interpreters/mask.py`` and README quote it (the configs' MASK is ``temperature=10,area_weight=1``;
 ``default`` is the interpreter's defaults, T = 1 and area weight 0.25):
 
-    python scripts/mask_quality.py temperature=10,area_weight=1 \
+    python experiments/mask_quality.py temperature=10,area_weight=1 \
         default perturbation=blur,area_weight=0.5 --pgd
-    python scripts/mask_quality.py default temperature=10,area_weight=1 \
+    python experiments/mask_quality.py default temperature=10,area_weight=1 \
         temperature=10,area_weight=0.5 temperature=10,area_weight=2 perturbation=blur,area_weight=0.5
-    python scripts/mask_quality.py <64 px classifier> default temperature=10,area_weight=1 --size 64
-    python scripts/mask_quality.py temperature=10,area_weight=1 --noise
+    python experiments/mask_quality.py <64 px classifier> default temperature=10,area_weight=1 --size 64
+    python experiments/mask_quality.py temperature=10,area_weight=1 --noise
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from aid.attacks.targets import random_target_classes  # noqa: E402
 from aid.interpreters.mask import MaskInterpreter  # noqa: E402
 from aid.metrics import localization, map_iou, map_l1  # noqa: E402
 from aid.models import NormalizedClassifier  # noqa: E402
-from scripts.shapes_images import correct_validation_images  # noqa: E402
+from experiments.shapes_images import correct_validation_images  # noqa: E402
 
 
 def parse_setting(text: str) -> dict[str, object]:
