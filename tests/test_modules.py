@@ -81,6 +81,13 @@ def test_rts_fake_labels_are_seeded_per_step_and_other_than_the_true_class(tmp_p
         RTSModule(str(tmp_path / "c.ckpt"), fake_label_prob=1.0)
 
 
+def test_rts_and_aid_record_the_classifiers_class_count_in_their_hyper_parameters(tmp_path):
+    # Lightning merges the module's and the datamodule's hyper-parameters and refuses different values.
+    ckpt = str(save_classifier(tmp_path / "c.ckpt"))
+    assert RTSModule(ckpt).hparams.num_classes == 4
+    assert AIDModule(ckpt).hparams.num_classes == 4 and AIDModule(ckpt).hparams_initial.num_classes == 4
+
+
 def test_aid_keeps_batch_norm_statistics_fixed_while_training(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     attack = {"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1}

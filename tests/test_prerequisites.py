@@ -102,6 +102,18 @@ def test_the_main_job_on_two_image_folders_trains_each_its_own_prerequisites(tmp
 
 
 @pytest.mark.slow
+def test_the_main_job_on_the_embedded_data_makes_and_then_reuses_its_prerequisites(tmp_path):
+    cfg = tiny_configs(tmp_path)
+    first = train(cfg["main"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("make in runs/") == 2
+    second = train(cfg["main"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("reuse runs/") == 2 and "training in" not in second.stdout
+    assert (folders(tmp_path, "main")[0] / "complete.json").is_file()
+
+
+@pytest.mark.slow
 def test_a_prerequisite_killed_mid_training_is_resumed_on_the_next_run_never_taken_as_finished(tmp_path):
     cfg = tiny_configs(tmp_path, classifier_epochs=6)
     env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), WANDB_SILENT="true")

@@ -103,6 +103,7 @@ class AIDModule(RTSModule):
         if not train_masker and not presence:
             raise ValueError("model.train_masker false leaves nothing to train: set model.presence true")
         self.save_hyperparameters(ignore=["classifier"])
+        self._record_class_count()  # save_hyperparameters took num_classes from the arguments again
         self.automatic_optimization = False
         self.reference = None
         if rts_ckpt is not None:

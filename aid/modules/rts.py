@@ -83,8 +83,7 @@ class RTSModule(pl.LightningModule):
         self.classifier = target_classifier(
             classifier_ckpt, arch, pretrained, num_classes, in_chans, output_stride, channels, classifier
         )
-        # The real class count (what Lightning logs and checks against the datamodule's hyper-parameters).
-        self.hparams.num_classes = self._hparams_initial.num_classes = self.classifier.num_classes
+        self._record_class_count()
         # What the classifier was trained on, checked against the run's data at setup.
         self._classifier_data = checkpoint_data(classifier_ckpt) if classifier_ckpt is not None else None
         self.masker = RTSMasker.from_classifier(
@@ -101,6 +100,11 @@ class RTSModule(pl.LightningModule):
             destroyer=destroyer,
         )
         self._gen: torch.Generator | None = None
+
+    def _record_class_count(self) -> None:
+        """Store the classifier's class count in the hyper-parameters: what Lightning logs and checks against
+        the datamodule's (a run that leaves ``num_classes`` unset would otherwise log None)."""
+        self.hparams.num_classes = self._hparams_initial.num_classes = self.classifier.num_classes
 
     def setup(self, stage: str) -> None:
         check_class_count(self.classifier.num_classes, self.trainer, "the classifier")
