@@ -45,6 +45,7 @@ CPU_OVERRIDES = [
     "--trainer.precision", "32-true", "--trainer.sync_batchnorm", "false", "--prerequisites", "[]",
 ]
 EPS = 0.031  # ε of Appendix B1
+STAND_IN_CLASSES = 3  # classes of the stand-in image folder of a config that does not state its class count
 PAPER_IMAGES = 1000  # the paper's evaluation protocol
 
 
@@ -76,8 +77,9 @@ def classifier_spec(cfg: dict[str, Any]) -> dict[str, Any]:
                 spec = classifier_spec(prerequisite_config(item))
         spec.update({k: args[k] for k in ARCH_KEYS if args.get(k) is not None})
     spec["pretrained"] = False
-    # The embedded classifier config takes its class count from the data (the shapes module states it).
-    spec["num_classes"] = spec.get("num_classes") or init_args(cfg, "data").get("num_classes")
+    # The embedded classifier config takes its class count from the data (the shapes module states it; an
+    # image folder without a stated count gets the stand-in's classes).
+    spec["num_classes"] = spec.get("num_classes") or init_args(cfg, "data").get("num_classes") or STAND_IN_CLASSES
     assert spec.get("arch") and spec["num_classes"], "the config must say (or pass on) the classifier"
     return spec
 
@@ -135,10 +137,12 @@ def write_checkpoints(cfg: dict[str, Any], folder: Path = Path("provided"), keys
     return args
 
 
-def build(config: Path, cfg: dict[str, Any], provided: list[str] = ()) -> AIDCLI:
-    """The CLI of ``config`` (looked up by its name under configs/, as users pass it), objects built, not run;
-    ``provided``: the prerequisites' checkpoints (:func:`write_checkpoints`)."""
-    args = resolve_config_args(["--config", str(config.relative_to(CONFIGS))]) + CPU_OVERRIDES + list(provided)
+def build(config: Path, cfg: dict[str, Any], provided: list[str] = (), base: Path | None = None) -> AIDCLI:
+    """The CLI of ``config`` (looked up by its name under configs/, as users pass it; layered on ``base`` when
+    it is an overlay), objects built, not run; ``provided``: the prerequisites' checkpoints
+    (:func:`write_checkpoints`)."""
+    names = ([str(base.relative_to(CONFIGS))] if base is not None else []) + [str(config.relative_to(CONFIGS))]
+    args = resolve_config_args([a for n in names for a in ("--config", n)]) + CPU_OVERRIDES + list(provided)
     if "pretrained" in init_args(cfg):
         args += ["--model.init_args.pretrained", "false"]
     return AIDCLI(
