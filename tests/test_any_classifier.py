@@ -398,3 +398,23 @@ def test_timm_classifier_gives_bit_identical_cam_gradcam_adv2_and_rts(model, mon
     ).eval()
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(masker(x, t), old_masker(x, t), strict=True))
+
+
+def test_rts_and_aid_modules_train_a_few_steps_on_a_wrapped_torchvision_model(trained):
+    import pytorch_lightning as pl
+
+    from aid.modules.aid import AIDModule
+    from aid.modules.rts import RTSModule
+    from datamodules import ShapesDataModule
+
+    data = ShapesDataModule(image_size=64, num_classes=4, train_size=16, val_size=8, test_size=8, batch_size=8)
+    trained = copy.deepcopy(trained)  # the modules freeze the classifier they are given
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    for module in (RTSModule(classifier=trained), AIDModule(classifier=trained, attack_fraction=0.5,
+                                                            attack_kwargs={"eps": 0.05, "warm_steps": 1, "steps": 1})):
+        assert module.hparams.num_classes == 4 and "classifier" not in module.hparams
+        masker = {k: v.clone() for k, v in module.masker.state_dict().items()}
+        pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", limit_val_batches=0).fit(module, datamodule=data)
+        assert any(not torch.equal(v, module.masker.state_dict()[k]) for k, v in masker.items())
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in before.items())  # the classifier never trains

@@ -93,7 +93,7 @@ def test_the_main_job_on_two_image_folders_trains_each_its_own_prerequisites(tmp
     assert seen == [[f"class{c}" for c in range(3)], [f"class{c}" for c in range(4)]]
     # the printed plan says what is made and why, and where this run lives
     assert "[prerequisite]" in outputs[1] and "make in runs/classifier-" in outputs[1]
-    assert "no completion record" in outputs[1] and "[run] runs/main-" in outputs[1]
+    assert "no such run yet" in outputs[1] and "[run] runs/main-" in outputs[1]
     # a rerun on the first folder reuses both prerequisites
     res = train(cfg["main"], tmp_path, "--data", "datamodules.ImageFolderDataModule",
                 "--data.root", str(tmp_path / "data3"), "--data.val_split", "test", "--data.image_size", "32")
@@ -132,7 +132,7 @@ def test_a_prerequisite_killed_mid_training_is_resumed_on_the_next_run_never_tak
 
     res = train(cfg["rts"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"make in {classifier.relative_to(tmp_path)} (no completion record" in res.stdout
+    assert f"make in {classifier.relative_to(tmp_path)} (unfinished: no completion record; resumes" in res.stdout
     assert "Restoring states from the checkpoint" in res.stdout + res.stderr  # resumed, not restarted
     assert load_checkpoint(classifier / "checkpoints" / "last.ckpt")["epoch"] == 5
     assert (classifier / "complete.json").is_file()

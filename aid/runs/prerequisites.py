@@ -191,7 +191,14 @@ class Plan:
         """Read its completion record again (another process may have finished it)."""
         self.record = read_record(self.run_dir)
         ok, why = record_matches(self.record, self.identity)
-        self.reason = "finished run found" if ok else why
+        if ok:
+            self.reason = "finished run found"
+        elif not self.run_dir.exists():
+            self.reason = "no such run yet"
+        elif self.record is None and (self.run_dir / "checkpoints" / "last.ckpt").is_file():
+            self.reason = "unfinished: no completion record; resumes from its checkpoints/last.ckpt"
+        else:
+            self.reason = why
         return self
 
 
