@@ -186,3 +186,29 @@ def test_cifar10_items_are_image_label_zero_mask(monkeypatch, tmp_path: Path):
     x, y, m = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
     assert y.dtype == torch.long and m.shape == (8, 1, 32, 32) and not m.any()
+
+
+def test_a_cached_image_folder_gives_the_same_items_and_decodes_each_file_once(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from datamodules import ImageFolderDataModule
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            pixels = (rng.random((12, 12, 3)) * 255).astype("uint8")
+            PIL.Image.fromarray(pixels).save(tmp_path / "train" / c / f"{i}.png")
+    plain = ImageFolderDataModule(str(tmp_path), val_split="train", image_size=8)
+    cached = ImageFolderDataModule(str(tmp_path), val_split="train", image_size=8, cache=True)
+    plain.setup("fit"), cached.setup("fit")
+    first = [cached._splits["train"][i] for i in range(6)]
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    again = [cached._splits["train"][i] for i in range(6)]
+    assert not opened  # the second pass decodes nothing
+    for (x, y, m), (x2, y2, m2), (xp, yp, mp) in zip(first, again, [plain._splits["train"][i] for i in range(6)],
+                                                     strict=True):
+        assert torch.equal(x, xp) and torch.equal(x2, xp) and x2.dtype == torch.float32
+        assert y == yp == y2 and torch.equal(m, mp) and torch.equal(m2, mp)
