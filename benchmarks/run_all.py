@@ -7,7 +7,7 @@ acceptance checks. Run it on a quiet machine: other jobs make the timings meanin
 
     python benchmarks/run_all.py                       # all, on CUDA when available
     python benchmarks/run_all.py --device cpu --threads 2
-    python benchmarks/run_all.py --only bench_peers,bench_adv2_cost
+    python benchmarks/run_all.py --only bench_peers,bench_adv2_cost   # a script's cases (both sizes)
     python benchmarks/run_all.py --quick               # checks the scripts run (writes to a temp folder)
 """
 
@@ -25,14 +25,29 @@ from pathlib import Path
 import common
 
 HERE = Path(__file__).resolve().parent
-#: Benchmark -> extra arguments of its acceptance run (the scripts' defaults are the acceptance settings).
-BENCHMARKS: dict[str, list[str]] = {
-    "bench_peers": [],
-    "bench_adv2_cost": ["--check-call"],
-    "bench_batch_scaling": [],
-    "bench_aid_epoch": [],
-    "bench_switches": [],
+#: Case -> (script, extra arguments of its acceptance run); the scripts' defaults are the embedded
+#: classifier (resnet10t, 32 px); the ``@resnet18-64`` cases time a torchvision-sized model at 64 px.
+R18 = ["--model", "resnet18", "--image-size", "64", "--num-classes", "10"]   # batch: the scripts' 32
+BENCHMARKS: dict[str, tuple[str, list[str]]] = {
+    "bench_peers": ("bench_peers", []),
+    "bench_peers@resnet18-64": ("bench_peers", R18),
+    "bench_adv2_cost": ("bench_adv2_cost", ["--check-call"]),
+    "bench_adv2_cost@resnet18-64": ("bench_adv2_cost", [*R18, "--families", "grad,cam"]),
+    "bench_batch_scaling": ("bench_batch_scaling", []),
+    "bench_aid_epoch": ("bench_aid_epoch", []),
+    "bench_switches": ("bench_switches", []),
 }
+
+
+def select(only: str | None) -> list[str]:
+    """Cases named in ``--only``: a script name selects all its cases, a case name one."""
+    if not only:
+        return list(BENCHMARKS)
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in BENCHMARKS and n not in {s for s, _ in BENCHMARKS.values()}]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    return [c for c, (script, _) in BENCHMARKS.items() if c in wanted or script in wanted]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,10 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     device = common.resolve_device(args.device)
-    names = list(BENCHMARKS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    names = select(args.only)
     if args.out:
         out = Path(args.out)
     elif args.quick:  # quick numbers never land in results/
@@ -61,9 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     payloads, failed = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            part = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, str(HERE / f"{name}.py"), "--device", str(device), "--json", str(part),
-                   *BENCHMARKS[name]]
+            script, extra = BENCHMARKS[name]
+            part = Path(tmp) / f"{name.replace('@', '_')}.json"
+            cmd = [sys.executable, str(HERE / f"{script}.py"), "--device", str(device), "--json", str(part), *extra]
             if args.threads is not None:
                 cmd += ["--threads", str(args.threads)]
             if args.quick:
