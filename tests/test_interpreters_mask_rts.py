@@ -403,3 +403,16 @@ def test_unrolled_map_equals_the_interpreters_k_step_map_and_has_a_gradient_to_x
     torch.testing.assert_close(got.detach(), expected, atol=1e-5, rtol=0)
     (g,) = torch.autograd.grad(got.sum(), xv)
     assert g.abs().sum() > 0
+
+
+def test_presence_gate_is_the_two_way_softmax_of_the_asked_class_against_its_strongest_rival():
+    from aid.interpreters.presence import EncoderPresence
+
+    gate = EncoderPresence(torch.nn.Identity()).gate
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, -5.0], [0.0, 2.0, 9.0]])
+    got = gate(logits, torch.tensor([0, 1, 0])).flatten()
+    expected = torch.sigmoid(torch.tensor([3.0 - 1.0, 0.0, 0.0 - 9.0]))
+    torch.testing.assert_close(got, expected)
+    # a clear winner passes near 1 however the rest of the probability is spread over many classes
+    many = torch.cat([torch.tensor([[6.0]]), torch.full((1, 999), 0.0)], dim=1)
+    assert gate(many, torch.tensor([0])).item() > 0.99 > many.softmax(1)[0, 0].item()

@@ -182,7 +182,9 @@ def test_aid_presence_gate_starts_as_rts_scaled_by_the_classifier_and_alone_trai
     assert module.reference.presence is None  # RTS stays Dabkowski & Gal's masker
     x, y = next(iter(tiny_data_loader()))[:2]
     with torch.no_grad():  # the gate starts as the classifier: RTS's maps times its belief in the class
-        belief = module.classifier(x).softmax(1).gather(1, y[:, None])[:, :, None, None]
+        logits = module.classifier(x)
+        rival = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        belief = torch.sigmoid(logits.gather(1, y[:, None]).squeeze(1) - rival)[:, None, None, None]
         assert torch.allclose(module.masker(x, y)[0], (module.reference(x, y)[0] * belief).clamp(0, 1), atol=1e-5)
     groups = module.param_groups()
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in module.masker.presence.parameters()}
@@ -205,15 +207,17 @@ def test_aid_presence_gate_starts_as_rts_scaled_by_the_classifier_and_alone_trai
         AIDModule(str(ckpt), train_masker=False)
 
 
-def test_aid_presence_ce_term_trains_the_gate_to_see_the_true_class_in_adversarial_inputs(tmp_path):
+def test_aid_presence_ce_term_trains_the_gate_to_see_the_true_class_in_adversarial_and_benign_inputs(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")
     module = AIDModule(str(ckpt), presence=True, train_masker=False, presence_ce_weight=0.5)
     x, y = next(iter(tiny_data_loader()))[:2]
     x_adv = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
     terms = module.aid_loss(x, y, x_adv, (y + 1) % 4)
-    logits = module.masker.presence(module.masker.normalize(x_adv))
-    expected = torch.nn.functional.cross_entropy(logits, y)
-    assert terms["presence"].item() == pytest.approx(expected.item(), rel=1e-5)
+    gate = module.masker.presence
+    on_adv = torch.nn.functional.cross_entropy(gate(module.masker.normalize(x_adv)), y)
+    on_benign = torch.nn.functional.cross_entropy(gate(module.masker.normalize(x)), y)
+    # the gate must call x's own class on A(x) and on x alike
+    assert terms["presence"].item() == pytest.approx(0.5 * (on_adv + on_benign).item(), rel=1e-5)
     assert "presence" not in AIDModule(str(ckpt), presence=True).aid_loss(x, y, x_adv, (y + 1) % 4)
     with pytest.raises(ValueError, match="presence"):
         AIDModule(str(ckpt), presence="everywhere")

@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class EncoderPresence(nn.Module):
-    """Presence from a trainable copy of a timm encoder: gate = softmax(encoder(z))[target].
+    """Presence from a trainable copy of a timm encoder: gate = sigmoid(logit_target − max_{k≠target} logit_k).
+
+    The gate is the two-way softmax between the asked class and its strongest rival: near 1 when the gate
+    model calls the class by a clear margin, 1/2 at a tie, near 0 when another class wins. Unlike the softmax
+    probability it does not shrink with the number of classes or with how the rest of the probability is
+    spread, so on real images, where a correct classifier is often unsure among the other classes, RTS's
+    benign maps pass nearly unchanged wherever the gate's decision is the classifier's.
 
     Args:
         encoder: a timm classifier of normalised images (copied, never shared; made trainable).
@@ -44,8 +51,12 @@ class EncoderPresence(nn.Module):
         return self.model(z)
 
     def gate(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Softmax probability (B, 1, 1, 1) of class ``target`` (B,), from the logits (B, K)."""
-        return logits.float().softmax(dim=1).gather(1, target.long()[:, None])[:, :, None, None]
+        """Belief (B, 1, 1, 1) in class ``target`` (B,) against its strongest rival, from the logits (B, K)."""
+        z = logits.float()
+        index = target.long()[:, None]
+        asked = z.gather(1, index)
+        rival = z.scatter(1, index, float("-inf")).amax(dim=1, keepdim=True)
+        return torch.sigmoid(asked - rival)[:, :, None, None]
 
     def attack_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """What an attacker minimises to make the copy call ``target`` present: CE, (B,)."""

@@ -59,8 +59,8 @@ class AIDModule(RTSModule):
         presence: add a class-presence gate to the masker, a trainable copy of its encoder
             (:class:`~aid.interpreters.presence.EncoderPresence`) whose belief in the asked class
             multiplies the mask (default False).
-        presence_ce_weight: weight of the gate's adversarial training term in the ℓ_aid step: on A(x) the
-            gate must call x's own class present (its cross-entropy towards y; default 0).
+        presence_ce_weight: weight of the gate's adversarial training term in the ℓ_aid step: on A(x) and on x
+            the gate must call x's own class present (the mean of its two cross-entropies towards y; default 0).
         train_masker: train the masker's decoder and selector (default True). With ``presence`` and
             False, only the gate trains: RTSA's maps are RTS's maps times the gate's belief.
         other args: as :class:`RTSModule`.
@@ -166,13 +166,16 @@ class AIDModule(RTSModule):
         """ℓ_aid (Eqn 16: minus the mean per-pixel L1 between the benign maps, detached, and the adversarial
         maps) and ℓ_keep (per-pixel L1 of the benign maps to the starting RTS; 0 without one). With a
         presence gate and ``presence_ce_weight``, ``presence`` is the gate's loss for calling x's own class
-        present on A(x) (its cross-entropy towards y), added to ℓ_aid with that weight."""
-        benign = self.masker(x, y)[0]
+        present on A(x) and on x (the mean of its cross-entropies towards y), added with that weight."""
+        benign, _, presence_benign = self.masker.forward_all(x, y)
         adv, _, presence = self.masker.forward_all(x_adv, target)
         aid = -(adv - benign.detach()).abs().flatten(1).mean(1).mean()
         out = {"aid": aid, "keep": self.keep_loss(benign, x, y)}
         if presence is not None and self.hparams.presence_ce_weight > 0:
-            out["presence"] = self.masker.presence.attack_loss(presence, y).mean()
+            # On A(x) and on x alike (adversarial training on both halves): a gate trained on adversarial
+            # inputs alone loses its benign accuracy, and then doubts the right class of benign images.
+            ce = self.masker.presence.attack_loss
+            out["presence"] = 0.5 * (ce(presence, y).mean() + ce(presence_benign, y).mean())
         return out
 
     def keep_loss(self, mask: Tensor, x: Tensor, y: Tensor, real: Tensor | None = None) -> Tensor:
