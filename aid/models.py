@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -239,21 +240,23 @@ class WrappedClassifier(Classifier):
         """Number of output classes K."""
         return self._num_classes
 
+    def _submodule(self, name: str | None, missing: str) -> nn.Module:
+        """The module of the wrapped model called ``name``; TypeError with the message ``missing`` when None."""
+        if name is None:
+            raise TypeError(missing)
+        return self.backbone.get_submodule(name)
+
     @property
     def feature_layer(self) -> nn.Module:
         """The module named ``layer`` (TypeError when no layer was given)."""
-        if self.layer is None:
-            raise TypeError(f"{type(self.backbone).__name__} was wrapped without a feature layer: give "
-                            "layer=<module name> (as captum names it, e.g. 'layer4') to wrap_classifier")
-        return self.backbone.get_submodule(self.layer)
+        return self._submodule(self.layer, f"{type(self.backbone).__name__} was wrapped without a feature layer: "
+                               "give layer=<module name> (as captum names it, e.g. 'layer4') to wrap_classifier")
 
     @property
     def linear_head(self) -> nn.Linear:
         """The final ``nn.Linear`` (``head``, else the last one); TypeError when there is none."""
-        if self.head_name is None:
-            raise TypeError(f"CAM needs a final nn.Linear, {type(self.backbone).__name__} has none "
-                            "(give head=<name of the linear layer> to wrap_classifier, or use gradcam)")
-        return self.backbone.get_submodule(self.head_name)
+        return self._submodule(self.head_name, f"CAM needs a final nn.Linear, {type(self.backbone).__name__} has "
+                               "none (give head=<name of the linear layer> to wrap_classifier, or use gradcam)")
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, K) of [0, 1] images x (B, C, H, W)."""
@@ -303,19 +306,14 @@ class WrappedClassifier(Classifier):
 
 
 def wrap_classifier(
-    model: nn.Module,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    layer: str | None = None,
-    head: str | None = None,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    probe_size: int = 64,
+    model: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **kwargs: Any
 ) -> Classifier:
-    """Any ``nn.Module`` classifier on [0, 1] images as a :class:`Classifier` (see :class:`WrappedClassifier`).
+    """Any ``nn.Module`` classifier on [0, 1] images as a :class:`Classifier`: a :class:`WrappedClassifier`
+    built from ``model``, ``mean``, ``std`` and ``kwargs`` (``layer``, ``head``, ``num_classes``, ``in_chans``,
+    ``probe_size``; see there).
 
     A :class:`Classifier` (e.g. from :func:`build_classifier`) is returned as it is when no other argument
-    is given.
+    is given (``probe_size`` aside).
 
     Example::
 
@@ -323,11 +321,13 @@ def wrap_classifier(
         atk = build_attack("adv2", clf, interpreter=build_interpreter("cam", clf), eps=8 / 255)
     """
     if isinstance(model, Classifier):
-        if any(a is not None for a in (mean, std, layer, head, num_classes, in_chans)):
+        settings = {"mean": mean, "std": std, **kwargs}
+        settings.pop("probe_size", None)
+        if any(a is not None for a in settings.values()):
             raise ValueError(f"{type(model).__name__} is already a Classifier (normalisation inside); wrap its "
                              "backbone instead to change its settings")
         return model
-    return WrappedClassifier(model, mean, std, layer, head, num_classes, in_chans, probe_size)
+    return WrappedClassifier(model, mean, std, **kwargs)
 
 
 def build_classifier(

@@ -1,4 +1,4 @@
-"""Shared test fixtures: tiny models and the repository root."""
+"""Shared test fixtures: tiny models, data and training helpers, and the repository root."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -22,11 +24,9 @@ os.environ.setdefault("WANDB_DATA_DIR", tempfile.mkdtemp(prefix="wandb-data-"))
 
 @pytest.fixture
 def tiny_classifier():
-    """A random slim resnet10t for 32 px inputs, 4 classes, in eval mode."""
-    from aid.models import build_classifier
-
+    """A random :func:`build_slim_classifier`, in eval mode."""
     torch.manual_seed(0)
-    return build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64]).eval()
+    return build_slim_classifier().eval()
 
 
 def load_script(name: str) -> ModuleType:
@@ -66,10 +66,8 @@ def quadrant_classifier():
     """
     import torch.nn.functional as F
 
-    from aid.models import build_classifier
-
     torch.manual_seed(0)
-    f = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
+    f = build_slim_classifier()
     opt = torch.optim.Adam(f.parameters(), lr=1e-2)
     for i in range(15):
         x, y = quadrant_images(16, seed=i)
@@ -83,3 +81,48 @@ def quadrant_classifier():
 def model():
     """:func:`quadrant_classifier`, once per test module (a module may define its own ``model``)."""
     return quadrant_classifier()
+
+
+class TinyClassifierModule(pl.LightningModule):
+    """A seeded slim resnet10t (4 classes, 32 px inputs) as ``classifier``: trains with cross-entropy (Adam)
+    and logs ``val/loss``; the evaluation callbacks build their registry interpreters on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.classifier = build_slim_classifier()
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.classifier(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", F.cross_entropy(self.classifier(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.classifier.parameters(), lr=3e-3)
+
+
+def build_slim_classifier():
+    """An untrained slim resnet10t: 4 classes, output stride 8, channels [8, 16, 32, 64] (4x4 maps at 32 px)."""
+    from aid.models import build_classifier
+
+    return build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
+
+
+def shapes_datamodule(**overrides):
+    """The synthetic shapes data of the callback tests: 4 classes, 32 px, 64 images per split, batches of 32
+    (``overrides``: other ShapesDataModule arguments)."""
+    from datamodules import ShapesDataModule
+
+    settings = dict(image_size=32, num_classes=4, train_size=64, val_size=64, test_size=64, batch_size=32)
+    return ShapesDataModule(**{**settings, **overrides})
+
+
+def briefly_trained_state(module: pl.LightningModule, epochs: int = 4) -> dict[str, torch.Tensor]:
+    """The module's weights after ``epochs`` of training on :func:`shapes_datamodule` (no validation): a random
+    classifier's logits hardly depend on the input, so targeted attacks would never succeed on it."""
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    trainer.fit(module, datamodule=shapes_datamodule())
+    return {k: v.clone() for k, v in module.state_dict().items()}

@@ -31,8 +31,7 @@ from callbacks import (
     Transferability,
 )
 from callbacks.adv2 import merged_kwargs
-from datamodules import ShapesDataModule
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TinyClassifierModule, shapes_datamodule
 
 CALLBACKS = [ADV2Evaluation, NoiseSensitivity, Transferability, SqueezeDetection, ImageGrids, LocalizationEvaluation]
 WITH_ATTACKS = [ADV2Evaluation, Transferability, SqueezeDetection, ImageGrids]
@@ -93,12 +92,23 @@ def test_interpreter_free_attack_takes_no_interpreter_suffix():
         ADV2Evaluation(interpreters=["cam"], attack_kwargs={"pgd.cam": {"steps": 3}})
 
 
-@pytest.mark.parametrize("cls", WITH_ATTACKS, ids=lambda c: c.__name__)
-def test_a_typo_inside_attack_settings_is_refused_with_the_accepted_names(cls):
+TYPOS = {  # settings argument: (interpreters, settings with a typo, its path, the close match, accepted names)
+    "attack_kwargs": (["cam"], {"adv2": {"warm_step": 3}}, "adv2.warm_step", "warm_steps", "accepted: alpha"),
+    "interpreter_kwargs": (["mask"], {"mask": {"iteration": 3}}, "mask.iteration", "iterations", "accepted:"),
+}
+
+
+@pytest.mark.parametrize(
+    ("cls", "argument"),
+    [(c, "attack_kwargs") for c in WITH_ATTACKS] + [(c, "interpreter_kwargs") for c in CALLBACKS],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
+def test_a_typo_inside_attack_or_interpreter_settings_is_refused_with_the_accepted_names(cls, argument):
+    interpreters, settings, path, close, accepted = TYPOS[argument]
     with pytest.raises(ValueError) as err:
-        cls(interpreters=["cam"], attack_kwargs={"adv2": {"warm_step": 3}})
+        cls(interpreters=interpreters, **{argument: settings})
     msg = str(err.value)
-    assert "attack_kwargs.adv2.warm_step" in msg and "did you mean 'warm_steps'" in msg and "accepted: alpha" in msg
+    assert f"{argument}.{path}" in msg and f"did you mean '{close}'" in msg and accepted in msg
 
 
 def test_attack_settings_must_be_mappings():
@@ -187,14 +197,6 @@ def test_the_hint_reads_eight_as_eight_of_255():
 def test_interpreter_settings_for_an_unknown_interpreter_are_refused(cls):
     with pytest.raises(ValueError, match=r"interpreter_kwargs\.maks: unknown interpreter 'maks'.*'mask'"):
         cls(interpreters=["mask"], interpreter_kwargs={"maks": {"iterations": 3}})
-
-
-@pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
-def test_a_typo_inside_interpreter_settings_is_refused_with_the_accepted_names(cls):
-    with pytest.raises(ValueError) as err:
-        cls(interpreters=["mask"], interpreter_kwargs={"mask": {"iteration": 3}})
-    msg = str(err.value)
-    assert "interpreter_kwargs.mask.iteration" in msg and "did you mean 'iterations'" in msg and "accepted:" in msg
 
 
 def test_rts_settings_reach_through_to_the_masker():
@@ -320,22 +322,12 @@ class CountOnly(EvaluationCallback):
         return {}
 
 
-class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.classifier = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-
 def run_count(tmp_path: Path, num_images: int) -> tuple[pl.Trainer, dict, str]:
-    dm = ShapesDataModule(image_size=32, num_classes=4, train_size=16, val_size=16, test_size=16, batch_size=16)
+    dm = shapes_datamodule(train_size=16, val_size=16, test_size=16, batch_size=16)
     trainer = pl.Trainer(inference_mode=False, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", devices=1, callbacks=[ReportWriter(str(tmp_path)),
                                                                   CountOnly(num_images=num_images, progress=False)])
-    trainer.validate(Tiny(), datamodule=dm)
+    trainer.validate(TinyClassifierModule(), datamodule=dm)
     return trainer, json.loads((tmp_path / "summary.json").read_text()), (tmp_path / "report.md").read_text()
 
 

@@ -8,12 +8,10 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import callbacks.adv2 as adv2_module
 from aid.interpreters.rts import RTSInterpreter, RTSMasker
-from aid.models import build_classifier
 from callbacks import (
     ADV2Evaluation,
     ImageGrids,
@@ -26,6 +24,7 @@ from callbacks import (
 from callbacks.grids import heat
 from callbacks.noise import calibrate_sigma, level_name, predict, unit_noise
 from datamodules import ShapesDataModule
+from tests.conftest import TinyClassifierModule, briefly_trained_state, shapes_datamodule
 
 ATTACKS = {
     "pgd": {"steps": 5, "eps": 0.1, "alpha": 0.02},
@@ -35,41 +34,25 @@ ATTACKS = {
 COMMON = dict(num_images=8, batch_size=4, progress=False)
 
 
-class TinyModule(pl.LightningModule):
-    """A slim classifier with two random RTS maskers as its own interpreters ``rts`` and ``rtsa``."""
+class TinyModule(TinyClassifierModule):
+    """The slim classifier with two random RTS maskers as its own interpreters ``rts`` and ``rtsa``."""
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.classifier = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
         self.maskers = torch.nn.ModuleDict({n: RTSMasker.from_classifier(self.classifier) for n in ("rts", "rtsa")})
 
     def interpreters(self):
         return {n: RTSInterpreter(self.classifier, masker=m) for n, m in self.maskers.items()}
 
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self.classifier(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/loss", F.cross_entropy(self.classifier(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.classifier.parameters(), lr=3e-3)
-
 
 def datamodule() -> ShapesDataModule:
-    return ShapesDataModule(image_size=32, num_classes=4, train_size=64, val_size=64, test_size=64, batch_size=32)
+    return shapes_datamodule()
 
 
 @pytest.fixture(scope="module")
 def trained_state():
     """Weights after a few training steps, so that the classifier gets more than a few images right."""
-    model = TinyModule()
-    trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
-                         limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule())
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    return briefly_trained_state(TinyModule())
 
 
 @pytest.fixture

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 import callbacks.grids as grids_module
 from aid.loggers import OfflineWandbLogger
-from aid.models import build_classifier
 from callbacks import ADV2Evaluation, ImageGrids, ReportWriter
 from callbacks.figures import COLORBAR_LABEL, draw_grid, figure_texts, grid_figure, upscale
 from callbacks.tables import ReportTable, percent
 from datamodules import ShapesDataModule
+from tests.conftest import TinyClassifierModule, briefly_trained_state, shapes_datamodule
 
 ATTACKS = {
     "pgd": {"steps": 3, "eps": 0.1, "alpha": 0.03},
@@ -26,42 +25,19 @@ COMMON = dict(num_images=4, batch_size=4, progress=False)
 GRAD_TITLES = ["input", "GRAD\nbenign map", "GRAD\nPGD map", "ADV² input\nvs GRAD", "GRAD\nADV² map"]
 
 
-class TinyModule(pl.LightningModule):
-    """A slim classifier; the evaluation callbacks build its registry interpreters (grad)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.classifier = build_classifier("resnet10t", num_classes=4, output_stride=8, channels=[8, 16, 32, 64])
-
-    def training_step(self, batch, batch_idx):
-        return F.cross_entropy(self.classifier(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/loss", F.cross_entropy(self.classifier(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.classifier.parameters(), lr=3e-3)
-
-
 def datamodule() -> ShapesDataModule:
-    return ShapesDataModule(image_size=32, num_classes=4, train_size=64, val_size=64, test_size=32, batch_size=32)
+    return shapes_datamodule(test_size=32)
 
 
 @pytest.fixture(scope="module")
 def trained_state():
-    """Weights after a few training steps: a random classifier's logits hardly depend on its input, so
-    targeted attacks would never succeed and the report would hold no distances."""
-    model = TinyModule()
-    trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=datamodule())
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """Weights after a few training steps, so that the report holds distances of successful attacks."""
+    return briefly_trained_state(TinyClassifierModule())
 
 
 @pytest.fixture
-def model(trained_state) -> TinyModule:
-    m = TinyModule()
+def model(trained_state) -> TinyClassifierModule:
+    m = TinyClassifierModule()
     m.load_state_dict(trained_state)
     return m
 

@@ -21,7 +21,7 @@ or a config's ``adv2.mask: {estimate: minmax, ...}``) pick the class by ``estima
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -213,9 +213,9 @@ class ADV2Mask(ADV2MaskBase):
     Fewer ``steps`` or a cheaper interpreter (its ``iterations`` set the final map's cost) scale it down.
 
     Args:
-        classifier, interpreter, eps, alpha, steps, warm_steps, smoothing, kappa, seed, progress: see
-            :class:`ADV2MaskBase` (``alpha`` is the warm start's step; ``steps`` is n_total, default 60,
-            paper 1000).
+        classifier, interpreter, **base_kwargs (eps, alpha, steps, warm_steps, smoothing, kappa, seed,
+            progress; by keyword): see :class:`ADV2MaskBase` (``alpha`` is the warm start's step; ``steps`` is
+            n_total, default 60, paper 1000).
         n_step: inner Adam and look-ahead steps per iteration (default 4, as the paper).
         n_reset: iterations between resets of the map estimate (default 20; paper 50).
         reset_iterations: MASK iterations of a reset (default 100; the authors' 300).
@@ -238,10 +238,7 @@ class ADV2Mask(ADV2MaskBase):
         self,
         classifier: Classifier,
         interpreter: Interpreter,
-        eps: float = 0.031,
-        alpha: float = 1 / 255,
-        steps: int = 60,
-        warm_steps: int = 50,
+        *,
         n_step: int = 4,
         n_reset: int = 20,
         reset_iterations: int = 100,
@@ -249,13 +246,9 @@ class ADV2Mask(ADV2MaskBase):
         alpha_max: float = 1.0,
         n_bs: int = 8,
         mask_lr: float | None = None,
-        smoothing: float | tuple[float, float] = (0.05, 0.01),
-        kappa: float = 0.8,
-        seed: int | None = 0,
-        progress: bool = False,
+        **base_kwargs: Any,
     ) -> None:
-        super().__init__(classifier, interpreter, eps=eps, alpha=alpha, steps=steps, warm_steps=warm_steps,
-                         smoothing=smoothing, kappa=kappa, seed=seed, progress=progress)
+        super().__init__(classifier, interpreter, **base_kwargs)
         require_at_least(1, n_step=n_step, n_reset=n_reset, reset_iterations=reset_iterations, n_bs=n_bs)
         if not alpha_max > 0 or not pred_step >= 0:
             raise ValueError(f"alpha_max must be > 0 and pred_step >= 0, got {alpha_max}, {pred_step}")

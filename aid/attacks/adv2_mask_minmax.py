@@ -7,6 +7,8 @@ deleted; the game's pieces are in :mod:`aid.attacks.mask_game`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -43,9 +45,10 @@ class ADV2MaskMinMax(ADV2MaskBase):
     interpreter's ``iterations`` for the selection.
 
     Args:
-        classifier, interpreter, eps, alpha, steps, warm_steps, smoothing, kappa, seed, progress: see
-            :class:`~aid.attacks.adv2_mask.ADV2MaskBase` (``alpha``: the step of the warm start and of
-            every sign step); the interpreter needs ``phi``, ``keep_mask`` and ``temperature``.
+        classifier, interpreter, **base_kwargs (eps, alpha, steps, warm_steps, smoothing, kappa, seed,
+            progress; by keyword): see :class:`~aid.attacks.adv2_mask.ADV2MaskBase` (``alpha``: the step of
+            the warm start and of every sign step); the interpreter needs ``phi``, ``keep_mask`` and
+            ``temperature``.
         lam: λ, the weight of the region term, a number or (start, end) ramped linearly (default 100).
         select_every: offer an iterate to the selection every this many steps (default 15).
         inner_every: steps between re-solves of the inner player (default 10).
@@ -69,10 +72,7 @@ class ADV2MaskMinMax(ADV2MaskBase):
         self,
         classifier: Classifier,
         interpreter: Interpreter,
-        eps: float = 0.031,
-        alpha: float = 1 / 255,
-        steps: int = 60,
-        warm_steps: int = 50,
+        *,
         lam: float | tuple[float, float] = 100.0,
         select_every: int = 15,
         inner_every: int = 10,
@@ -80,13 +80,9 @@ class ADV2MaskMinMax(ADV2MaskBase):
         inner_pool: int = 1,
         survive_weight: float = 3.0,
         region_threshold: float = 0.05,
-        smoothing: float | tuple[float, float] = (0.05, 0.01),
-        kappa: float = 0.8,
-        seed: int | None = 0,
-        progress: bool = False,
+        **base_kwargs: Any,
     ) -> None:
-        super().__init__(classifier, interpreter, eps=eps, alpha=alpha, steps=steps, warm_steps=warm_steps,
-                         smoothing=smoothing, kappa=kappa, seed=seed, progress=progress)
+        super().__init__(classifier, interpreter, **base_kwargs)
         require_at_least(1, select_every=select_every, inner_every=inner_every, inner_iterations=inner_iterations,
                          inner_pool=inner_pool)
         if not survive_weight >= 0 or not 0 <= region_threshold < 1:

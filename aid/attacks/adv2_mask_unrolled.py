@@ -9,6 +9,8 @@ as :class:`~aid.attacks.adv2.ADV2`) with ℓ_int on that K-step map, where Algor
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -36,9 +38,9 @@ class ADV2MaskUnrolled(ADV2MaskBase):
     at once, so memory grows with ``unroll`` × the classifier's activations for the batch.
 
     Args:
-        classifier, interpreter, eps, alpha, steps, warm_steps, smoothing, kappa, seed, progress: see
-            :class:`~aid.attacks.adv2_mask.ADV2MaskBase` (``alpha``: the step of the warm start and of
-            every sign step); the interpreter needs ``unrolled_map``.
+        classifier, interpreter, **base_kwargs (eps, alpha, steps, warm_steps, smoothing, kappa, seed,
+            progress; by keyword): see :class:`~aid.attacks.adv2_mask.ADV2MaskBase` (``alpha``: the step of
+            the warm start and of every sign step); the interpreter needs ``unrolled_map``.
         unroll: K, MASK iterations differentiated through (default 20).
         lam: λ, a number or (start, end) ramped linearly over the steps as in ADV2 (default 100).
 
@@ -56,19 +58,12 @@ class ADV2MaskUnrolled(ADV2MaskBase):
         self,
         classifier: Classifier,
         interpreter: Interpreter,
-        eps: float = 0.031,
-        alpha: float = 1 / 255,
-        steps: int = 60,
-        warm_steps: int = 50,
+        *,
         unroll: int = 20,
         lam: float | tuple[float, float] = 100.0,
-        smoothing: float | tuple[float, float] = (0.05, 0.01),
-        kappa: float = 0.8,
-        seed: int | None = 0,
-        progress: bool = False,
+        **base_kwargs: Any,
     ) -> None:
-        super().__init__(classifier, interpreter, eps=eps, alpha=alpha, steps=steps, warm_steps=warm_steps,
-                         smoothing=smoothing, kappa=kappa, seed=seed, progress=progress)
+        super().__init__(classifier, interpreter, **base_kwargs)
         require_at_least(1, unroll=unroll)
         check_schedule("lam", lam, 0.0, float("inf"))
         self.unroll = int(unroll)

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from aid.checkpoints import checkpoint_data
 from aid.interpreters import Interpreter
 from aid.interpreters.rts import RTSInterpreter, RTSMasker
 from aid.interpreters.rts_loss import RTSLoss
-from aid.modules.data_checks import check_class_count, check_same_data
-from aid.modules.target_classifier import target_classifier
+from aid.modules.target_classifier import TargetClassifierModule
 
 
-class RTSModule(pl.LightningModule):
+class RTSModule(TargetClassifierModule):
     """Train an RTS masker ``g(x, c)`` with the interpretation loss ℓ_int (Eqn 15).
 
     The classifier comes from a ``ClassifierModule`` checkpoint, a timm architecture or a module object
-    (:func:`aid.modules.target_classifier.target_classifier`) and stays frozen and in eval mode (its
+    (:class:`~aid.modules.target_classifier.TargetClassifierModule`) and stays frozen and in eval mode (its
     batch-norm statistics never move, and DDP never reduces its gradients).
 
     Args:
-        classifier_ckpt: checkpoint of the target classifier (a configs' prerequisite provides it).
-        arch, pretrained, num_classes, in_chans, output_stride, channels: the classifier's architecture: checked
-            against the checkpoint where set, or a timm model built from them without a checkpoint (None: not
-            given; ``pretrained`` None means False).
-        classifier: a classifier object instead (Python API; not saved in hyper-parameters).
+        classifier_ckpt, **classifier_args (arch, pretrained, num_classes, in_chans, output_stride, channels,
+            classifier; by keyword): the target classifier, see
+            :class:`~aid.modules.target_classifier.TargetClassifierModule` (a configs' prerequisite provides
+            the checkpoint).
         freeze_encoder: keep the masker's encoder (a copy of the classifier's backbone) fixed.
         mask_scale: the mask is predicted at 1/mask_scale of the input side.
         lr, weight_decay: AdamW settings.
@@ -49,13 +45,6 @@ class RTSModule(pl.LightningModule):
     def __init__(
         self,
         classifier_ckpt: str | None = None,
-        arch: str | None = None,
-        pretrained: bool | None = None,
-        num_classes: int | None = None,
-        in_chans: int | None = None,
-        output_stride: int | None = None,
-        channels: list[int] | None = None,
-        classifier: torch.nn.Module | None = None,
         freeze_encoder: bool = True,
         mask_scale: int = 2,
         lr: float = 1e-3,
@@ -71,21 +60,15 @@ class RTSModule(pl.LightningModule):
         seed: int = 0,
         fake_label_prob: float = 0.0,
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        **classifier_args: Any,
     ) -> None:
-        super().__init__()
         if lr <= 0:
             raise ValueError(f"model.lr must be > 0, got {lr}")
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"model.lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
         if not 0 <= fake_label_prob < 1:
             raise ValueError(f"model.fake_label_prob must lie in [0, 1), got {fake_label_prob}")
-        self.save_hyperparameters(ignore=["classifier"])
-        self.classifier = target_classifier(
-            classifier_ckpt, arch, pretrained, num_classes, in_chans, output_stride, channels, classifier
-        )
-        self._record_class_count()
-        # What the classifier was trained on, checked against the run's data at setup.
-        self._classifier_data = checkpoint_data(classifier_ckpt) if classifier_ckpt is not None else None
+        super().__init__(classifier_ckpt, **classifier_args)
         self.masker = RTSMasker.from_classifier(
             self.classifier, freeze_encoder=freeze_encoder, mask_scale=mask_scale
         )
@@ -100,15 +83,6 @@ class RTSModule(pl.LightningModule):
             destroyer=destroyer,
         )
         self._gen: torch.Generator | None = None
-
-    def _record_class_count(self) -> None:
-        """Store the classifier's class count in the hyper-parameters: what Lightning logs and checks against
-        the datamodule's (a run that leaves ``num_classes`` unset would otherwise log None)."""
-        self.hparams.num_classes = self._hparams_initial.num_classes = self.classifier.num_classes
-
-    def setup(self, stage: str) -> None:
-        check_class_count(self.classifier.num_classes, self.trainer, "the classifier")
-        check_same_data(self._classifier_data, self.trainer, f"classifier checkpoint {self.hparams.classifier_ckpt}")
 
     def train(self, mode: bool = True) -> RTSModule:
         """Train/eval mode for the masker; the classifier always stays in eval mode."""
