@@ -97,6 +97,19 @@ def global_rank() -> int:
     return 0
 
 
+#: When this process started its command (the wall time printed at the end counts from here).
+_STARTED = time.perf_counter()
+
+
+def format_duration(seconds: float) -> str:
+    """``'1 h 02 min 05 s'``, ``'12 min 05 s'`` or ``'42 s'``."""
+    s = round(seconds)
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    if h:
+        return f"{h} h {m:02d} min {s:02d} s"
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
 def say(message: str) -> None:
     """A line of the CLI's own output (rank zero only)."""
     if global_rank() == 0:
@@ -387,6 +400,8 @@ class AIDCLI(LightningCLI):
         if trainer.state.status == TrainerStatus.FINISHED and not trainer.interrupted:
             ckpts = {kind: run_dir / "checkpoints" / f"{kind}.ckpt" for kind in ("best", "last")}
             write_record(run_dir, self.identity, {k: str(p) for k, p in ckpts.items() if p.is_file()})
+            say(f"[run] {run_dir} finished; wall time {format_duration(time.perf_counter() - _STARTED)}"
+                " (prerequisites made by this command included)")
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.release()

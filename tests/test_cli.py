@@ -47,6 +47,7 @@ def test_one_epoch_fit_through_the_cli_writes_summary_checkpoint_record_and_offl
     # the offline run stores the logged metrics in its .wandb file
     blob = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
     assert b"val/acc" in blob
+    assert f"{run.name} finished; wall time " in res.stdout
     # a second run of the same config reuses the folder and leaves last.ckpt the newest (no last-v1.ckpt)
     first = (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     res2 = run_script([str(ROOT / "train.py"), "--config", "classifier.yaml", *TINY], cwd=tmp_path)
@@ -55,6 +56,13 @@ def test_one_epoch_fit_through_the_cli_writes_summary_checkpoint_record_and_offl
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert (run / "checkpoints" / "last.ckpt").stat().st_mtime_ns > first
     assert (run / "complete.json").stat().st_mtime >= (run / "checkpoints" / "last.ckpt").stat().st_mtime
+
+
+@pytest.mark.parametrize("seconds, text", [(42.4, "42 s"), (725, "12 min 05 s"), (3725, "1 h 02 min 05 s")])
+def test_wall_time_is_printed_in_hours_minutes_and_seconds(seconds, text):
+    from train import format_duration
+
+    assert format_duration(seconds) == text
 
 
 def test_datasets_switch_from_the_command_line_to_an_image_folder(tmp_path):
