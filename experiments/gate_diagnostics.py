@@ -1,6 +1,6 @@
 """Why do RTSA's benign maps move? The presence gate's belief against the classifier's, per class.
 
-On N correctly classified validation images of a main-job run (its classifier, RTS and RTSA), prints:
+On N correctly classified validation images (a seeded draw) of a main-job run (its classifier, RTS and RTSA), prints:
 
 - the classifier's confidence in the true class and the gate's belief in it (what multiplies RTS's map),
   overall and per class, with the benign L1 between RTS's and RTSA's maps;
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,8 +61,11 @@ def main() -> None:
     if rtsa.presence is None:
         raise SystemExit(f"{args.run_dir}: RTSA has no presence gate")
     data.setup("validate")
+    # A seeded draw over the whole split: folders list their images class by class.
+    dataset = data.val_dataloader().dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
     xs, ys = [], []
-    for x, y, *_ in data.val_dataloader():
+    for x, y, *_ in DataLoader(Subset(dataset, order), batch_size=64):
         with torch.no_grad():
             ok = classifier(x).argmax(1) == y
         xs.append(x[ok])
