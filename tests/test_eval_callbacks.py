@@ -12,17 +12,13 @@ from PIL import Image
 
 import callbacks.adv2 as adv2_module
 from aid.interpreters.rts import RTSInterpreter, RTSMasker
-from callbacks import (
-    ADV2Evaluation,
-    ImageGrids,
-    LocalizationEvaluation,
-    NoiseSensitivity,
-    ReportWriter,
-    SqueezeDetection,
-    Transferability,
-)
-from callbacks.grids import heat
-from callbacks.noise import calibrate_sigma, level_name, predict, unit_noise
+from callbacks.adv2 import ADV2Evaluation
+from callbacks.grids import ImageGrids, heat
+from callbacks.localization import LocalizationEvaluation
+from callbacks.noise import NoiseSensitivity, calibrate_sigma, level_name, predict, unit_noise
+from callbacks.report import ReportWriter
+from callbacks.squeeze import SqueezeDetection
+from callbacks.transfer import Transferability
 from datamodules import ShapesDataModule
 from tests.conftest import TinyClassifierModule, briefly_trained_state, shapes_datamodule
 
