@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import wandb
 
 import callbacks.grids as grids_module
 from aid.loggers import OfflineWandbLogger
@@ -158,7 +159,8 @@ def test_an_offline_wandb_run_holds_every_report_table_the_figures_and_the_repor
         logger=logger,
     )
     run_id = logger.experiment.id
-    logger.experiment.finish()  # flush the records to the run file
+    logger.experiment.finish()
+    wandb.teardown()  # stops W&B's service process: every record is then in the run file
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     blob = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
