@@ -47,7 +47,7 @@ TARGETS = {"grad": 2.8, "cam": 1.5, "rts": 2.5}   # grad: at least; see grad_tar
 #: What one step runs, for reading the ratios (f = the classifier).
 WORK = {
     "pgd": "f fwd + bwd",
-    "bare pgd": "f fwd, CE, input grad, signed step (no checks, no bookkeeping)",
+    "bare pgd": "f fwd, CE, input grad, signed_step (no checks, no bookkeeping)",
     "bare double bwd": "f fwd, CE, input grad with create_graph, grad of CE + |grad| (the GRAD floor)",
     "grad": "one f fwd (logits and map), bwd with graph, double bwd through h(z)",
     "cam": "one backbone fwd (logits and CAM from the same features) + bwd",
@@ -124,14 +124,14 @@ def bare_steps(clf, x, x_adv0, target) -> dict:
     def bare_pgd():
         xa = x_adv0.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(clf(xa), target), xa)
-        return torch.min(torch.max(xa.detach() - ALPHA * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+        return signed_step(xa, x, g, ALPHA, EPS)
 
     def bare_double():
         xa = x_adv0.detach().requires_grad_(True)
         ce = F.cross_entropy(clf(xa), target)
         (g,) = torch.autograd.grad(ce, xa, create_graph=True)
         (g2,) = torch.autograd.grad(ce + g.abs().sum(), xa)
-        return torch.min(torch.max(xa.detach() - ALPHA * g2.sign(), x - EPS), x + EPS).clamp(0, 1)
+        return signed_step(xa, x, g2, ALPHA, EPS)
 
     return {"bare pgd": bare_pgd, "bare double bwd": bare_double}
 
