@@ -66,9 +66,9 @@ def main() -> None:
     benign = mask.attribute(x, y)
     eps, alpha = 12 / 255, 1 / 255
     attack = ADV2MaskMinMax(clf, mask, eps=eps, alpha=alpha, warm_steps=30, steps=args.steps,
-                            lam=args.w_region, select_every=args.select_every, inner_every=args.every,
-                            inner_iterations=args.inner, inner_pool=args.pool, survive_weight=args.w_survive,
-                            region_threshold=args.region_threshold, progress=True)
+                            lam=args.w_region, select_every=args.select_every,
+                            inner={"every": args.every, "iterations": args.inner, "pool": args.pool},
+                            survive_weight=args.w_survive, region_threshold=args.region_threshold, progress=True)
     rows = {"PGD (60 steps)": PGD(clf, eps=eps, alpha=alpha, steps=60)(x, t).x_adv, "min-max": attack(x, t).x_adv}
     print(f"{len(x)} validation images, ε 12/255, {vars(args)}")
     region = target_region(benign, args.region_threshold)

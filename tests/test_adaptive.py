@@ -126,7 +126,7 @@ def test_mask_interpreter_dispatches_to_the_algorithm_1_variant(model, data):
 MASK_ADAPTIVE = {
     "algorithm1": (ADV2MaskAdaptive, dict(n_reset=1, reset_iterations=5)),
     "unrolled": (ADV2MaskUnrolledAdaptive, dict(unroll=2)),
-    "minmax": (ADV2MaskMinMaxAdaptive, dict(inner_iterations=2, inner_every=1, select_every=1)),
+    "minmax": (ADV2MaskMinMaxAdaptive, dict(inner={"iterations": 2, "every": 1}, select_every=1)),
 }
 
 

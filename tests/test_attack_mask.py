@@ -33,7 +33,7 @@ CLASSES = {"algorithm1": ADV2Mask, "unrolled": ADV2MaskUnrolled, "minmax": ADV2M
 OWN_ARGS = {
     "algorithm1": dict(n_reset=3, reset_iterations=20, n_bs=5),
     "unrolled": dict(unroll=5, lam=10.0),
-    "minmax": dict(lam=10.0, select_every=2, inner_every=2, inner_iterations=5),
+    "minmax": dict(lam=10.0, select_every=2, inner={"every": 2, "iterations": 5}),
 }
 # Fewer resets for Algorithm 1 where a test asks for a short or long attack.
 SHORT = {"algorithm1": dict(n_reset=1, reset_iterations=2)}
@@ -220,8 +220,12 @@ def test_rejects_out_of_range_arguments_naming_them(model):
     with pytest.raises(ValueError, match="lam"):
         ADV2MaskUnrolled(model, interp, lam=-1.0)
     ADV2MaskUnrolled(model, interp, lam=(5.0, 10.0))  # a ramp, as ADV2 accepts
-    for key in ("select_every", "inner_every", "inner_iterations", "inner_pool"):
-        with pytest.raises(ValueError, match=key):
-            ADV2MaskMinMax(model, interp, **{key: 0})
+    with pytest.raises(ValueError, match="select_every"):
+        ADV2MaskMinMax(model, interp, select_every=0)
+    for key in ("every", "iterations", "pool"):
+        with pytest.raises(ValueError, match=f"inner {key}"):
+            ADV2MaskMinMax(model, interp, inner={key: 0})
+    with pytest.raises(ValueError, match="unknown inner player settings"):
+        ADV2MaskMinMax(model, interp, inner={"iters": 3})
     with pytest.raises(ValueError, match="survive_weight"):
         ADV2MaskMinMax(model, interp, survive_weight=-1.0)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from aid.attacks.adv2_mask import MASK_ESTIMATES, ADV2MaskBase, require_at_least
 from aid.attacks.base import ATTACKS
-from aid.attacks.mask_game import minmax_loss, target_region, worst_deletion_outside
+from aid.attacks.mask_game import InnerPlayer, minmax_loss, target_region, worst_deletion_outside
 from aid.attacks.pgd import signed_step
 from aid.attacks.schedules import BestIterate, check_schedule, linear_schedule
 from aid.interpreters.base import Interpreter
@@ -34,14 +34,14 @@ class ADV2MaskMinMax(ADV2MaskBase):
         ℓ_prd − ``survive_weight``·log p_t(φ(x; keep_out)) + λ·p_t^T(φ(x; 1 − R)):
 
     the target class t must survive the inner player's deletion keep_out (MASK's own optimisation,
-    ``inner_iterations`` Adam steps with the deletion forbidden on R, re-solved every ``inner_every``
-    steps; the mean over its last ``inner_pool`` solutions) and die when R is deleted (MASK's deletion
+    ``inner.iterations`` Adam steps with the deletion forbidden on R, re-solved every ``inner.every``
+    steps; the mean over its last ``inner.pool`` solutions) and die when R is deleted (MASK's deletion
     term at its temperature T). Every ``select_every`` steps MASK's own map of the iterate is computed
     and each sample keeps the iterate nearest the target map in L1 among those with target confidence
     ≥ κ.
 
     Cost per ``select_every`` steps (defaults: 15): 3 classifier passes with backward per step, an inner
-    solve of ``inner_iterations`` MASK iterations every ``inner_every`` steps, and one MASK map of the
+    solve of ``inner.iterations`` MASK iterations every ``inner.every`` steps, and one MASK map of the
     interpreter's ``iterations`` for the selection.
 
     Args:
@@ -51,10 +51,8 @@ class ADV2MaskMinMax(ADV2MaskBase):
             ``temperature``.
         lam: λ, the weight of the region term, a number or (start, end) ramped linearly (default 100).
         select_every: offer an iterate to the selection every this many steps (default 15).
-        inner_every: steps between re-solves of the inner player (default 10).
-        inner_iterations: MASK iterations of an inner solve (default 40).
-        inner_pool: how many of the inner player's last solutions the target class must survive
-            (default 1).
+        inner: the inner player's schedule, an :class:`~aid.attacks.mask_game.InnerPlayer` or a mapping of
+            its fields, e.g. ``{"every": 10, "iterations": 40, "pool": 1}`` (the defaults).
         survive_weight: weight of the survival term (default 3).
         region_threshold: threshold of the target map that gives the region R, in [0, 1) (default 0.05).
 
@@ -75,25 +73,20 @@ class ADV2MaskMinMax(ADV2MaskBase):
         *,
         lam: float | tuple[float, float] = 100.0,
         select_every: int = 15,
-        inner_every: int = 10,
-        inner_iterations: int = 40,
-        inner_pool: int = 1,
+        inner: InnerPlayer | dict[str, int] | None = None,
         survive_weight: float = 3.0,
         region_threshold: float = 0.05,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(classifier, interpreter, **base_kwargs)
-        require_at_least(1, select_every=select_every, inner_every=inner_every, inner_iterations=inner_iterations,
-                         inner_pool=inner_pool)
+        require_at_least(1, select_every=select_every)
         if not survive_weight >= 0 or not 0 <= region_threshold < 1:
             raise ValueError(f"survive_weight must be >= 0 and region_threshold in [0, 1), got {survive_weight}, "
                              f"{region_threshold}")
         check_schedule("lam", lam, 0.0, float("inf"))
         self.lam = lam
         self.select_every = int(select_every)
-        self.inner_every = int(inner_every)
-        self.inner_iterations = int(inner_iterations)
-        self.inner_pool = int(inner_pool)
+        self.inner = InnerPlayer.of(inner)
         self.survive_weight = float(survive_weight)
         self.region_threshold = float(region_threshold)
 
@@ -108,9 +101,9 @@ class ADV2MaskMinMax(ADV2MaskBase):
                 best.update(x_adv, l1, self.confidence(x_adv, target), step=self.warm_steps + i)
             if i == self.steps:
                 break
-            if i % self.inner_every == 0:
-                keep = worst_deletion_outside(self.interpreter, x_adv, target, region, self.inner_iterations)
-                keep_outs = [*keep_outs, keep][-self.inner_pool:]
+            if i % self.inner.every == 0:
+                keep = worst_deletion_outside(self.interpreter, x_adv, target, region, self.inner.iterations)
+                keep_outs = [*keep_outs, keep][-self.inner.pool:]
             x_var = x_adv.detach().requires_grad_(True)
             prd, _ = self.prediction_loss(x_var, target, i)
             lam = linear_schedule(self.lam, i, self.steps)

@@ -10,12 +10,45 @@ the inner player's deletions and die when R is deleted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from aid.interpreters.base import Interpreter
 from aid.interpreters.mask import forbid_deletion
+
+
+@dataclass(frozen=True)
+class InnerPlayer:
+    """How the attacker re-solves the inner player (MASK's optimisation with the deletion forbidden on R).
+
+    Args:
+        every: attack steps between two solves (default 10).
+        iterations: MASK iterations of one solve (default 40).
+        pool: how many of the last solutions the target class must survive (default 1).
+    """
+
+    every: int = 10
+    iterations: int = 40
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("every", "iterations", "pool"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"inner {key} must be >= 1, got {getattr(self, key)}")
+
+    @classmethod
+    def of(cls, value: InnerPlayer | Mapping[str, int] | None) -> InnerPlayer:
+        """An InnerPlayer from itself, a mapping of its fields (as configs give it) or None (defaults)."""
+        if value is None or isinstance(value, InnerPlayer):
+            return value or cls()
+        unknown = set(value) - {"every", "iterations", "pool"}
+        if unknown:
+            raise ValueError(f"unknown inner player settings {sorted(unknown)}; expected every, iterations, pool")
+        return cls(**{k: int(v) for k, v in value.items()})
 
 
 def target_region(target_map: Tensor, threshold: float) -> Tensor:
