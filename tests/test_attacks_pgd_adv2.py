@@ -236,6 +236,35 @@ def test_adv2_selection_keeps_confident_iterates(trained, batch):
     assert (result.confidence[selected] >= 0.6 - 1e-5).all()
 
 
+def test_adv2_follow_up_continues_only_the_samples_below_kappa_and_raises_their_success(trained, batch):
+    x, _, t = batch
+    grad = build_interpreter("grad", trained)
+    # A short budget and a heavy λ leave samples below κ after the main loop.
+    kw = dict(eps=EPS, alpha=ALPHA, warm_steps=1, steps=3, lam=300.0, kappa=0.9)
+    plain = ADV2(trained, grad, **kw)(x, t)
+    more = ADV2(trained, grad, extra_steps=60, **kw)(x, t)
+    below = plain.confidence < 0.9
+    assert below.any()
+    # the samples that reached κ in the main loop keep their selection
+    assert torch.equal(more.x_adv[~below], plain.x_adv[~below])
+    assert torch.equal(more.iterations[~below], plain.iterations[~below])
+    assert more.success.sum() > plain.success.sum()
+    followed = more.iterations > 4  # steps past warm + main: found in the follow-up, at κ
+    assert followed.any() and (more.confidence[followed] >= 0.9 - 1e-5).all()
+    assert_in_budget(more.x_adv, x, EPS)
+
+
+def test_adv2_follow_up_gives_each_sample_the_result_it_gets_alone(trained):
+    x, _ = quadrant_data(8, 5)
+    t = (torch.arange(8) + 1) % 4
+    attack = ADV2(trained, build_interpreter("grad", trained), eps=EPS, alpha=ALPHA, warm_steps=1, steps=3,
+                  lam=300.0, kappa=0.9, extra_steps=20)
+    whole = attack(x, t)
+    alone = [attack(x[i : i + 1], t[i : i + 1]) for i in range(8)]
+    torch.testing.assert_close(whole.x_adv, torch.cat([a.x_adv for a in alone]), atol=1e-6, rtol=0)
+    assert torch.equal(whole.iterations, torch.cat([a.iterations for a in alone]))
+
+
 def test_adv2_accepts_explicit_target_map_and_moves_towards_it(trained, batch):
     x, _, t = batch
     cam = build_interpreter("cam", trained)
@@ -273,6 +302,7 @@ def test_build_attack_adv2_dispatches_on_interpreter_name(tiny_classifier):
         ({"smoothing": (0.05, 1.5)}, "smoothing"),
         ({"lam": -1.0}, "lam"),
         ({"select_every": 0}, "select_every"),
+        ({"extra_steps": -1}, "extra_steps"),
     ],
 )
 def test_adv2_rejects_bad_hyper_parameters(tiny_classifier, kwargs, match):

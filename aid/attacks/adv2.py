@@ -63,6 +63,11 @@ class ADV2(Attack):
     3. Best iterate (the authors' scripts): every ``select_every`` steps each sample keeps, among its
        iterates whose target-class probability is ≥ κ, the one with the lowest ℓ_int; a sample with
        none keeps its last iterate. Selection is per sample (tensor ops), never per batch.
+    4. Follow-up (``extra_steps`` > 0): the samples that have no iterate with confidence ≥ κ after step 3
+       go on alone (a sub-batch, so the cost is proportional to their number) on the prediction loss
+       alone (ℓ_int is what held them below κ), for at most ``extra_steps`` more steps; each keeps its
+       first iterate that reaches κ. A hard image thus gets a longer budget, and the others' selection is
+       untouched.
 
     The target map defaults to the benign map, the interpretation of x for the class the classifier
     predicts on it; ``result.maps`` is the interpretation of the selected x_adv for the target class
@@ -98,6 +103,8 @@ class ADV2(Attack):
         smoothing: label-smoothing ρ, a number or (start, end) (default (0.05, 0.01), §3.6; 0 = plain CE).
         kappa: κ, target-class probability an iterate needs to be selected (default 0.8).
         select_every: offer an iterate to the selection every this many steps (default 1).
+        extra_steps: most further steps for the samples that reach no confidence ≥ κ in ``steps``
+            (default 0: none).
         seed: seed of the attack's random numbers (unused: ADV² on PGD draws none).
         progress: show a tqdm progress bar.
         strategy_kwargs: constructor arguments of the ℓ_int strategy (e.g. ``{"presence_weight": 10.0}``
@@ -146,6 +153,7 @@ class ADV2(Attack):
         smoothing: float | tuple[float, float] = (0.05, 0.01),
         kappa: float = 0.8,
         select_every: int = 1,
+        extra_steps: int = 0,
         seed: int | None = 0,
         progress: bool = False,
         strategy_kwargs: dict[str, Any] | None = None,
@@ -162,6 +170,8 @@ class ADV2(Attack):
             raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
         if int(select_every) < 1:
             raise ValueError(f"select_every must be >= 1, got {select_every}")
+        if int(extra_steps) < 0:
+            raise ValueError(f"extra_steps must be >= 0, got {extra_steps}")
         self.interpreter = interpreter
         self.strategy = build_interpretation_loss(interpreter, **(strategy_kwargs or {}))
         self.lam = self.strategy.default_lam if lam is None else lam
@@ -170,6 +180,7 @@ class ADV2(Attack):
         self.kappa = float(kappa)
         self.warm_steps = int(warm_steps)
         self.select_every = int(select_every)
+        self.extra_steps = int(extra_steps)
         self.warm = (
             PGD(classifier, eps=eps, alpha=alpha, steps=self.warm_steps, seed=seed, progress=progress)
             if self.warm_steps > 0
@@ -180,12 +191,49 @@ class ADV2(Attack):
         """The classifier and the interpreter's modules (e.g. the RTS masker), frozen during the attack."""
         return unique_modules([self.classifier, *self.strategy.modules()])
 
-    def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(ℓ_adv (B,), ℓ_int (B,), logits (B, K)) of iterate x_adv at ADV² step ``step`` (0-based)."""
+    def losses(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int, interpretation: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(ℓ_adv (B,), ℓ_int (B,), logits (B, K)) of iterate x_adv at ADV² step ``step`` (0-based); with
+        ``interpretation=False`` ℓ_adv is the prediction loss alone."""
         logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map, self.classifier)
         prd = smoothed_cross_entropy(logits, target, linear_schedule(self.smoothing, step, self.steps))
+        if not interpretation:
+            return prd, l_int, logits
         lam = linear_schedule(self.lam, step, self.steps)
         return prd + lam * l_int + self.lam_enc * extra, l_int, logits
+
+    def measure(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, i: int, interpretation: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(ℓ_adv (B,), ℓ_int (B,), target confidence (B,)) of iterate ``x_adv`` at ADV² step i (0-based)."""
+        loss, l_int, logits = self.losses(x_adv, target, target_map, min(i, self.steps - 1), interpretation)
+        return loss, l_int, logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+
+    def follow_up(self, best: BestIterate, x_adv: Tensor, x: Tensor, target: Tensor, target_map: Tensor) -> Tensor:
+        """Step 4: continue the samples that ``best`` has not found, alone, for at most ``extra_steps``; each
+        keeps its first iterate with confidence ≥ κ (``best`` is updated in place). Returns the last iterates."""
+        idx = (~best.found).nonzero().squeeze(1)
+        if self.extra_steps == 0 or idx.numel() == 0:
+            return x_adv
+        xs, x0, t, tm = x_adv[idx].detach(), x[idx], target[idx], target_map[idx]
+        sub = BestIterate(xs, self.kappa)
+        for j in tqdm(range(self.extra_steps + 1), desc="adv2 follow-up", disable=not self.progress, leave=False):
+            xs.requires_grad_(True)
+            loss, l_int, conf = self.measure(xs, t, tm, self.steps + j, interpretation=False)
+            if j > 0:  # j = 0 is the main loop's last iterate, already offered
+                # Only pending samples are offered: each keeps its first qualifying iterate, whatever the
+                # others of its sub-batch do.
+                offered = torch.where(sub.found, torch.full_like(l_int, float("inf")), l_int.detach())
+                sub.update(xs, offered, conf, step=self.warm_steps + self.steps + j)
+            if j == self.extra_steps or bool(sub.found.all()):
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), xs)
+            xs = signed_step(xs, x0, grad, self.alpha, self.eps)
+        best.merge(idx, sub)
+        x_adv = x_adv.detach().clone()
+        x_adv[idx] = xs.detach()
+        return x_adv
 
     def _run(self, x: Tensor, target: Tensor, target_map: Tensor | None) -> AttackResult:
         if target_map is None:
@@ -195,16 +243,16 @@ class ADV2(Attack):
         best = BestIterate(x_adv, self.kappa)
         for i in tqdm(range(self.steps + 1), desc="adv2", disable=not self.progress, leave=False):
             x_adv.requires_grad_(True)
-            loss, l_int, logits = self.losses(x_adv, target, target_map, min(i, self.steps - 1))
+            loss, l_int, conf = self.measure(x_adv, target, target_map, i)
             if i % self.select_every == 0 or i == self.steps:
-                conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
                 best.update(x_adv, l_int, conf, step=self.warm_steps + i)
             if i == self.steps:  # the last iterate is evaluated, not stepped from
                 break
             # A sum, not a mean: each sample's gradient is then independent of the batch size.
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
-        x_sel, step = best.result(x_adv.detach(), self.warm_steps + self.steps)
+        x_adv = self.follow_up(best, x_adv.detach(), x, target, target_map)
+        x_sel, step = best.result(x_adv, self.warm_steps + self.steps)
         success, confidence = self.evaluate(x_sel, target)
         maps = self.interpreter.attribute(x_sel, target).detach()
         return AttackResult(x_adv=x_sel, success=success, confidence=confidence, iterations=step, maps=maps)

@@ -83,6 +83,14 @@ class BestIterate:
         self.step = torch.where(better, torch.full_like(self.step, step), self.step)
         self.x = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x.detach(), self.x)
 
+    def merge(self, index: Tensor, other: BestIterate) -> None:
+        """Take ``other``'s choices, made on the sub-batch ``self``'s samples ``index`` (n,), where it found one."""
+        take = other.found
+        rows = index[take]
+        self.x[rows] = other.x[take]
+        self.loss[rows] = other.loss[take]
+        self.step[rows] = other.step[take]
+
     @property
     def found(self) -> Tensor:
         """(B,) bool: an iterate with confidence ≥ κ was seen."""
