@@ -176,8 +176,11 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
         """The class that ``cls(classifier, interpreter, estimate=estimate, ...)`` builds (:func:`adaptive_class`)."""
         return adaptive_class(interpreter, estimate) if cls is ADV2Adaptive else cls
 
-    def losses(self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        loss, l_int, logits = super().losses(x_adv, target, target_map, step)
+    def losses(
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int, interpretation: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # The squeeze term belongs to the prediction side: ADV²'s follow-up keeps it.
+        loss, l_int, logits = super().losses(x_adv, target, target_map, step, interpretation)
         return loss + self.lam_sqz * self.squeeze_loss(x_adv, logits), l_int, logits
 
 
