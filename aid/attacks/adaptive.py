@@ -177,7 +177,7 @@ class ADV2Adaptive(SqueezeTerm, ADV2):
         return adaptive_class(interpreter, estimate) if cls is ADV2Adaptive else cls
 
     def losses(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int, interpretation: bool = True
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int, interpretation: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:
         # The squeeze term belongs to the prediction side: ADV²'s follow-up keeps it.
         loss, l_int, logits = super().losses(x_adv, target, target_map, step, interpretation)

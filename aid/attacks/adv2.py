@@ -64,10 +64,10 @@ class ADV2(Attack):
        iterates whose target-class probability is ≥ κ, the one with the lowest ℓ_int; a sample with
        none keeps its last iterate. Selection is per sample (tensor ops), never per batch.
     4. Follow-up (``extra_steps`` > 0): the samples that have no iterate with confidence ≥ κ after step 3
-       go on alone (a sub-batch, so the cost is proportional to their number) on the prediction loss
-       alone (ℓ_int is what held them below κ), for at most ``extra_steps`` more steps; each keeps its
-       first iterate that reaches κ. A hard image thus gets a longer budget, and the others' selection is
-       untouched.
+       go on alone (a sub-batch, so the cost is proportional to their number) for ``extra_steps`` more
+       steps, each on the prediction loss alone until it reaches κ (ℓ_int is what held it below), then on
+       ADV²'s whole loss, with the same selection. A hard image thus gets a longer budget, and the others'
+       selection is untouched.
 
     The target map defaults to the benign map, the interpretation of x for the class the classifier
     predicts on it; ``result.maps`` is the interpretation of the selected x_adv for the target class
@@ -103,8 +103,8 @@ class ADV2(Attack):
         smoothing: label-smoothing ρ, a number or (start, end) (default (0.05, 0.01), §3.6; 0 = plain CE).
         kappa: κ, target-class probability an iterate needs to be selected (default 0.8).
         select_every: offer an iterate to the selection every this many steps (default 1).
-        extra_steps: most further steps for the samples that reach no confidence ≥ κ in ``steps``
-            (default 0: none).
+        extra_steps: further steps for the samples that reach no confidence ≥ κ in ``steps`` (default 0:
+            none).
         seed: seed of the attack's random numbers (unused: ADV² on PGD draws none).
         progress: show a tqdm progress bar.
         strategy_kwargs: constructor arguments of the ℓ_int strategy (e.g. ``{"presence_weight": 10.0}``
@@ -192,27 +192,28 @@ class ADV2(Attack):
         return unique_modules([self.classifier, *self.strategy.modules()])
 
     def losses(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int, interpretation: bool = True
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, step: int, interpretation: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(ℓ_adv (B,), ℓ_int (B,), logits (B, K)) of iterate x_adv at ADV² step ``step`` (0-based); with
-        ``interpretation=False`` ℓ_adv is the prediction loss alone."""
+        """(ℓ_adv (B,), ℓ_int (B,), logits (B, K)) of iterate x_adv at ADV² step ``step`` (0-based).
+
+        ``interpretation``: per-sample (B,) or common weight of the interpretation terms in ℓ_adv (1: ADV²'s
+        loss; 0: the prediction loss alone, as in the follow-up before a sample reaches κ)."""
         logits, l_int, extra = self.strategy.logits_and_losses(x_adv, target, target_map, self.classifier)
         prd = smoothed_cross_entropy(logits, target, linear_schedule(self.smoothing, step, self.steps))
-        if not interpretation:
-            return prd, l_int, logits
         lam = linear_schedule(self.lam, step, self.steps)
-        return prd + lam * l_int + self.lam_enc * extra, l_int, logits
+        return prd + interpretation * (lam * l_int + self.lam_enc * extra), l_int, logits
 
     def measure(
-        self, x_adv: Tensor, target: Tensor, target_map: Tensor, i: int, interpretation: bool = True
+        self, x_adv: Tensor, target: Tensor, target_map: Tensor, i: int, interpretation: Tensor | float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(ℓ_adv (B,), ℓ_int (B,), target confidence (B,)) of iterate ``x_adv`` at ADV² step i (0-based)."""
         loss, l_int, logits = self.losses(x_adv, target, target_map, min(i, self.steps - 1), interpretation)
         return loss, l_int, logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
 
     def follow_up(self, best: BestIterate, x_adv: Tensor, x: Tensor, target: Tensor, target_map: Tensor) -> Tensor:
-        """Step 4: continue the samples that ``best`` has not found, alone, for at most ``extra_steps``; each
-        keeps its first iterate with confidence ≥ κ (``best`` is updated in place). Returns the last iterates."""
+        """Step 4: continue the samples that ``best`` has not found, alone, for ``extra_steps`` steps: on the
+        prediction loss until an iterate reaches κ, then on ADV²'s whole loss, keeping the confident iterate
+        with the lowest ℓ_int (``best`` is updated in place). Returns the last iterates."""
         idx = (~best.found).nonzero().squeeze(1)
         if self.extra_steps == 0 or idx.numel() == 0:
             return x_adv
@@ -220,13 +221,11 @@ class ADV2(Attack):
         sub = BestIterate(xs, self.kappa)
         for j in tqdm(range(self.extra_steps + 1), desc="adv2 follow-up", disable=not self.progress, leave=False):
             xs.requires_grad_(True)
-            loss, l_int, conf = self.measure(xs, t, tm, self.steps + j, interpretation=False)
+            # Per sample: the map term only once the sample has reached κ, so it cannot hold it below.
+            loss, l_int, conf = self.measure(xs, t, tm, self.steps + j, interpretation=sub.found.to(x.dtype))
             if j > 0:  # j = 0 is the main loop's last iterate, already offered
-                # Only pending samples are offered: each keeps its first qualifying iterate, whatever the
-                # others of its sub-batch do.
-                offered = torch.where(sub.found, torch.full_like(l_int, float("inf")), l_int.detach())
-                sub.update(xs, offered, conf, step=self.warm_steps + self.steps + j)
-            if j == self.extra_steps or bool(sub.found.all()):
+                sub.update(xs, l_int, conf, step=self.warm_steps + self.steps + j)
+            if j == self.extra_steps:
                 break
             (grad,) = torch.autograd.grad(loss.sum(), xs)
             xs = signed_step(xs, x0, grad, self.alpha, self.eps)
