@@ -68,18 +68,21 @@ class SmoothReLUBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad_out: Tensor, z: Tensor, tau: float) -> Tensor:
-        r = torch.rsqrt(z * z + tau)
-        h = z * r + (z < 0).to(z.dtype)
-        ctx.save_for_backward(grad_out, h, r)
-        ctx.tau = tau
+        # Few passes over z, in place where possible: on a CPU these elementwise passes, not the
+        # convolutions, are what an ADV² step against GRAD adds to the double-backward floor.
+        r = torch.mul(z, z).add_(tau).rsqrt_()
+        h = torch.mul(z, r).add_(z < 0)
+        # h'(z) = τ·r³ is needed only by a double backward, i.e. when z is part of a graph.
+        dh = r.pow_(3).mul_(tau) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(grad_out, h, dh)
         return grad_out * h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gg: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        grad_out, h, r = ctx.saved_tensors
+        grad_out, h, dh = ctx.saved_tensors
         d_grad_out = gg * h if ctx.needs_input_grad[0] else None
-        d_z = gg * grad_out * (ctx.tau * r * r * r) if ctx.needs_input_grad[1] else None
+        d_z = torch.mul(gg, grad_out).mul_(dh) if ctx.needs_input_grad[1] else None
         return d_grad_out, d_z, None
 
 
