@@ -411,6 +411,36 @@ def check(name: str, value: float, target: str, passed: bool) -> dict[str, Any]:
     return {"check": name, "value": value, "target": target, "passed": bool(passed)}
 
 
+def median_checks(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One check per name from N runs of the same checks: the median value against the median bound.
+
+    A target is ``"<= b"``, ``">= b"``, ``"< b"``, ``"> b"`` or ``"-"`` (informative); bounds that a run
+    derives from its own timings (ADV²-GRAD's, from the double-backward floor) differ between runs, so
+    the median value is held against the median bound. ``values`` keeps each run's figure.
+    """
+    import operator
+    import statistics
+
+    ops = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        for c in run:
+            by_name.setdefault(c["check"], []).append(c)
+    out = []
+    for name, cs in by_name.items():
+        values = [float(c["value"]) for c in cs]
+        value = statistics.median(values)
+        parts = str(cs[0]["target"]).split()
+        if len(parts) == 2 and parts[0] in ops:
+            bound = statistics.median(float(str(c["target"]).split()[1]) for c in cs)
+            target, passed = f"{parts[0]} {bound:.2f}", ops[parts[0]](value, bound)
+        else:
+            target, passed = cs[0]["target"], all(c["passed"] for c in cs)
+        out.append({"check": f"{name} (median of {len(cs)})", "value": value, "target": target,
+                    "passed": bool(passed), "values": values})
+    return out
+
+
 def print_checks(checks: Sequence[dict[str, Any]], file=None) -> None:
     """Print acceptance checks as a table."""
     if checks:

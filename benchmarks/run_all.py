@@ -8,7 +8,12 @@ acceptance checks. Run it on a quiet machine: other jobs make the timings meanin
     python benchmarks/run_all.py                       # all, on CUDA when available
     python benchmarks/run_all.py --device cpu --threads 2
     python benchmarks/run_all.py --only bench_peers,bench_adv2_cost   # a script's cases (both sizes)
+    python benchmarks/run_all.py --only bench_peers,bench_adv2_cost --runs 3   # acceptance: median of 3
     python benchmarks/run_all.py --quick               # checks the scripts run (writes to a temp folder)
+
+With ``--runs N`` every case runs N times, the cases interleaved (case 1, case 2, ..., case 1, ...), so a
+drift of the machine reaches every case alike; the JSON keeps every run's payload and the acceptance
+summary holds the median of each check's N values against the median of its bounds.
 """
 
 from __future__ import annotations
@@ -57,7 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     p.add_argument("--out", default=None, help="result file (default benchmarks/results/<device>.json)")
     p.add_argument("--quick", action="store_true", help="pass --quick to every script (numbers mean nothing)")
+    p.add_argument("--runs", type=int, default=1, help="run every case this many times (acceptance: median)")
     args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error(f"--runs must be >= 1, got {args.runs}")
 
     device = common.resolve_device(args.device)
     names = select(args.only)
@@ -70,30 +78,51 @@ def main(argv: list[str] | None = None) -> dict:
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")]),
                WANDB_MODE="offline", WANDB_SILENT="true")
-    payloads, failed = {}, []
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    failed = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            script, extra = BENCHMARKS[name]
-            part = Path(tmp) / f"{name.replace('@', '_')}.json"
-            cmd = [sys.executable, str(HERE / f"{script}.py"), "--device", str(device), "--json", str(part), *extra]
-            if args.threads is not None:
-                cmd += ["--threads", str(args.threads)]
-            if args.quick:
-                cmd.append("--quick")
-            print(f"\n## {name}: {' '.join(cmd[1:])}", flush=True)
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, cwd=common.ROOT)
-            if proc.returncode != 0 or not part.exists():
-                failed.append(name)
-                print(f"!! {name} failed (exit code {proc.returncode})", flush=True)
-                continue
-            payloads[name] = json.loads(part.read_text())
-            payloads[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+        for r in range(args.runs):
+            for name in names:
+                if name in failed:
+                    continue
+                script, extra = BENCHMARKS[name]
+                part = Path(tmp) / f"{name.replace('@', '_')}.{r}.json"
+                cmd = [sys.executable, str(HERE / f"{script}.py"), "--device", str(device), "--json", str(part),
+                       *extra]
+                if args.threads is not None:
+                    cmd += ["--threads", str(args.threads)]
+                if args.quick:
+                    cmd.append("--quick")
+                tag = f" (run {r + 1} of {args.runs})" if args.runs > 1 else ""
+                print(f"\n## {name}{tag}: {' '.join(cmd[1:])}", flush=True)
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, env=env, cwd=common.ROOT)
+                if proc.returncode != 0 or not part.exists():
+                    failed.append(name)
+                    print(f"!! {name} failed (exit code {proc.returncode})", flush=True)
+                    continue
+                payload = json.loads(part.read_text())
+                payload["wall_s"] = round(time.perf_counter() - t0, 1)
+                runs[name].append(payload)
+    # One run: its payload. Several: the last run's tables, the median checks and every run's payload.
+    payloads = {}
+    for name, rs in runs.items():
+        if name in failed or not rs:
+            continue
+        if len(rs) == 1:
+            payloads[name] = rs[0]
+            continue
+        payloads[name] = {
+            "benchmark": rs[-1]["benchmark"], "settings": rs[-1]["settings"], "tables": rs[-1]["tables"],
+            "checks": common.median_checks([r["checks"] for r in rs]),
+            "wall_s": round(sum(r["wall_s"] for r in rs), 1), "runs": rs,
+        }
 
     result = {
         "device": common.device_slug(device),
         "quick": args.quick,
         "env": common.environment(device),
+        "runs": args.runs,
         "failed": failed,
         "benchmarks": payloads,
     }
@@ -101,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print("\n# Summary\n")
     for name, payload in payloads.items():
-        print(f"\n## {name} ({payload['wall_s']} s)")
+        last = f", tables of the last of {len(payload['runs'])} runs" if "runs" in payload else ""
+        print(f"\n## {name} ({payload['wall_s']} s{last})")
         for t in payload["tables"]:
             common.print_table(t)
     checks = [{**c, "check": f"{name}: {c['check']}"} for name, pl in payloads.items() for c in pl["checks"]]
