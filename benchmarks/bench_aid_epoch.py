@@ -17,6 +17,8 @@ reset when training starts, Linux; on GPU allocated memory).
     python benchmarks/bench_aid_epoch.py --steps 50 --device cuda
     python benchmarks/bench_aid_epoch.py --modules aid --aid-kwargs '{"attack_kwargs": {"steps": 20}}'
 
+``--classifier-ckpt`` and ``--rts-ckpt`` time the main job's own trained classifier and RTS instead of random
+weights (the classifier's size then comes from its checkpoint; the RTS module keeps its defaults).
 ``--aid-kwargs`` (JSON) changes AIDModule's settings for a variant (``attack_kwargs`` merges key by key), as the
 sweep plan ``experiments/plans/aid_cost.yaml`` does for training. Acceptance: the mean time per AID training
 batch is at most 5× RTS's.
@@ -100,7 +102,7 @@ def run_worker(args) -> dict:
         val_size=args.batch, test_size=args.batch, batch_size=args.batch, seed=args.seed,
     )
     if args.worker == "aid":
-        rts = save_rts(Path(args.worker_out).with_suffix(".rts.ckpt"), Path(args.ckpt))
+        rts = args.rts_ckpt or save_rts(Path(args.worker_out).with_suffix(".rts.ckpt"), Path(args.ckpt))
         module = AIDModule(args.ckpt, rts_ckpt=str(rts), seed=args.seed, **merged_kwargs(args.aid_kwargs))
     else:
         module = RTSModule(args.ckpt, seed=args.seed)
@@ -165,6 +167,8 @@ def spawn(name: str, ckpt: Path, args, out: Path) -> dict:
         cmd += ["--threads", str(args.threads)]
     if args.aid_kwargs:
         cmd += ["--aid-kwargs", args.aid_kwargs]
+    if args.rts_ckpt:
+        cmd += ["--rts-ckpt", str(args.rts_ckpt)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")]),
                WANDB_MODE="offline", WANDB_SILENT="true")
     subprocess.run(cmd, check=True, env=env)
@@ -176,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="timed training batches N (default 20; 2 with --quick)")
     p.add_argument("--warm-batches", type=int, default=None, help="untimed first batches (default 3; 1 quick)")
     p.add_argument("--modules", default="rts,aid", help="which modules to train: rts, aid")
+    p.add_argument("--classifier-ckpt", default=None, help="a trained classifier (default: random weights)")
+    p.add_argument("--rts-ckpt", default=None, help="a trained RTS to start AID from (default: random decoder)")
     p.add_argument("--aid-kwargs", default=None, help="JSON changes to AIDModule's settings (rts_aid.yaml's)")
     p.add_argument("--worker", choices=MODULES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_classifier(Path(tmp) / "classifier.ckpt", args)
+        ckpt = Path(args.classifier_ckpt or save_classifier(Path(tmp) / "classifier.ckpt", args))
         for name in [m.strip() for m in args.modules.split(",") if m.strip()]:
             results[name] = spawn(name, ckpt, args, Path(tmp) / f"{name}.json")
     rows = []
