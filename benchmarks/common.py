@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import operator
 import os
 import platform
 import resource
@@ -418,9 +419,6 @@ def median_checks(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, An
     derives from its own timings (ADV²-GRAD's, from the double-backward floor) differ between runs, so
     the median value is held against the median bound. ``values`` keeps each run's figure.
     """
-    import operator
-    import statistics
-
     ops = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
     by_name: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
