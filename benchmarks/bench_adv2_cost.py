@@ -4,7 +4,8 @@ One step is timed through the attacks' own pieces, as their loops run them (mode
 ``Attack.__call__`` freezes them):
 
 - PGD: ``PGD(steps=1).perturb(x, target, x_adv)`` (forward, cross-entropy, input gradient, signed step);
-- ADV² (grad, cam, rts, and ig / gradcam with ``--families``): the body of ``ADV2._run``'s loop:
+- ADV² (grad, cam, rts, and grad_fused / ig / gradcam with ``--families``; grad_fused is GRAD with
+  ``fused=True``, h(z) as compiled kernels, compiled during the warm-up rounds): the body of ``ADV2._run``'s loop:
   ``ADV2.losses(x_adv, target, target_map, step)``, the target confidence and ``BestIterate.update``,
   ``torch.autograd.grad`` of the summed loss, ``signed_step``;
 - ADV² against MASK (Algorithm 1, ``ADV2Mask``): one outer iteration without its reset:
@@ -18,8 +19,9 @@ One step is timed through the attacks' own pieces, as their loops run them (mode
 
 Two bare steps give the floor of any GRAD attack at this size: a bare PGD step (forward, cross-entropy,
 input gradient, signed step) and a bare double-backward step (the same, but the input gradient is taken
-with ``create_graph`` and a second gradient is taken through it). Targets at batch 32: GRAD ≤ max(2.8,
-1.1 × bare double-backward / bare PGD), CAM ≤ 1.5×, RTS ≤ 2.5× one PGD step (all from the same run).
+with ``create_graph`` and a second gradient is taken through it). Targets at batch 32: GRAD (and
+grad_fused) ≤ max(2.8, 1.1 × bare double-backward / bare PGD), CAM ≤ 1.5×, RTS ≤ 2.5× one PGD step (all
+from the same run).
 ``--profile FAMILY`` prints torch.profiler's top operators of that family's step (and of the PGD step)
 to show where the floor is.
 
@@ -50,6 +52,7 @@ WORK = {
     "bare pgd": "f fwd, CE, input grad, signed_step (no checks, no bookkeeping)",
     "bare double bwd": "f fwd, CE, input grad with create_graph, grad of CE + |grad| (the GRAD floor)",
     "grad": "one f fwd (logits and map), bwd with graph, double bwd through h(z)",
+    "grad_fused": "grad, with h(z) and its derivatives as compiled kernels (fused=True)",
     "cam": "one backbone fwd (logits and CAM from the same features) + bwd",
     "gradcam": "f fwd + bwd (l_prd); f fwd, head bwd with graph, double bwd (map)",
     "ig": "f fwd + bwd (l_prd); (n+1)-image path fwd, bwd with graph, double bwd (map)",
@@ -67,6 +70,8 @@ def build_family(name: str, clf, args, mask_iterations: int | None = None):
         return build_interpreter("mask", clf, iterations=mask_iterations or args.mask_iterations)
     if name == "ig":
         return build_interpreter("ig", clf, steps=args.ig_steps)
+    if name == "grad_fused":
+        return build_interpreter("grad", clf, fused=True)
     return build_interpreter(name, clf)
 
 
@@ -163,7 +168,7 @@ def bench_steps(args, clf, x, target, families):
             f = followers["mask"]
             reset = common.time_one(lambda: f.reset(x_adv0), dev, args.reset_repeats, 1)
     ref = stats["pgd"].median
-    targets = {**TARGETS, "grad": grad_target(stats)}
+    targets = {**TARGETS, "grad": grad_target(stats), "grad_fused": grad_target(stats)}
     rows, checks = [], []
     for name, s in stats.items():
         row = common.stats_row(s, ratio=s.median / ref, target=targets.get(name), work=WORK.get(name, ""))
@@ -259,7 +264,7 @@ def profile_family(args, clf, x, target, family: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(__doc__.split("\n")[0])
     p.add_argument("--families", default="grad,cam,rts,mask",
-                   help="comma-separated: grad, cam, rts, mask, ig, gradcam")
+                   help="comma-separated: grad, cam, rts, mask, grad_fused, ig, gradcam")
     p.add_argument("--steps", type=int, default=150, help="ADV2 steps the attack is built with (schedules)")
     p.add_argument("--mask-iterations", type=int, default=300, help="MASK interpreter iterations")
     p.add_argument("--reset-iterations", type=int, default=None,

@@ -36,8 +36,8 @@ R18 = ["--model", "resnet18", "--image-size", "64", "--num-classes", "10"]   # b
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "bench_peers": ("bench_peers", []),
     "bench_peers@resnet18-64": ("bench_peers", R18),
-    "bench_adv2_cost": ("bench_adv2_cost", ["--check-call"]),
-    "bench_adv2_cost@resnet18-64": ("bench_adv2_cost", [*R18, "--families", "grad,cam"]),
+    "bench_adv2_cost": ("bench_adv2_cost", ["--check-call", "--families", "grad,grad_fused,cam,rts,mask"]),
+    "bench_adv2_cost@resnet18-64": ("bench_adv2_cost", [*R18, "--families", "grad,grad_fused,cam"]),
     "bench_batch_scaling": ("bench_batch_scaling", []),
     "bench_aid_epoch": ("bench_aid_epoch", []),
     "bench_switches": ("bench_switches", []),

@@ -358,6 +358,12 @@ def test_grad_strategy_differentiates_a_map_pooled_as_the_evaluated_one(tiny_cla
     assert (smooth_maps - evaluated).abs().mean() < 0.25 * (unpooled - evaluated).abs().mean()
 
 
+def test_grad_strategy_takes_the_interpreters_fused_setting(tiny_classifier):
+    fused = build_interpretation_loss(build_interpreter("grad", tiny_classifier, pool=4, fused=True))
+    plain = build_interpretation_loss(build_interpreter("grad", tiny_classifier))
+    assert fused.smooth.fused and fused.smooth.smooth and fused.smooth.pool == 4
+    assert not plain.smooth.fused
+
 def test_strategies_are_chosen_by_interpreter_name(tiny_classifier):
     grad = build_interpretation_loss(build_interpreter("grad", tiny_classifier), pool=2)
     assert isinstance(grad, GradInterpretationLoss) and grad.smooth.smooth and grad.pool == 2

@@ -166,6 +166,41 @@ def test_smooth_relu_reaches_functional_relu_calls():
     assert second_order(smooth_relu(net)).abs().max() > 1e-4
 
 
+def test_fused_smooth_relu_falls_back_to_the_eager_passes_with_one_warning_when_it_cannot_compile(
+    tiny_classifier, batch, monkeypatch
+):
+    import importlib
+
+    module = importlib.import_module("aid.interpreters.smooth_relu")
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(module, "_KERNELS", {})
+    monkeypatch.setattr(module, "_FUSION_FAILED", [])
+    monkeypatch.setattr(module.torch, "compile", broken_compile)
+    x, t = batch
+    eager = map_loss_grad(build_interpreter("grad", tiny_classifier, smooth=True), x, t)
+    with pytest.warns(RuntimeWarning, match="could not compile"):
+        fused = map_loss_grad(build_interpreter("grad", tiny_classifier, smooth=True, fused=True), x, t)
+    torch.testing.assert_close(fused, eager, rtol=0, atol=0)
+    assert len(module._FUSION_FAILED) == 1  # one failure, then eager without retrying
+
+
+@pytest.mark.slow
+def test_fused_smooth_relu_gives_the_eager_map_and_map_gradient_up_to_rounding(tiny_classifier, batch):
+    # Compiles the kernels (tens of seconds on a small CPU the first time; torch caches them on disk).
+    x, t = batch
+    eager = build_interpreter("grad", tiny_classifier, smooth=True, pool=4)
+    fused = build_interpreter("grad", tiny_classifier, smooth=True, pool=4, fused=True)
+    torch.testing.assert_close(fused(x, t), eager(x, t), rtol=1e-5, atol=1e-6)
+    g_eager, g_fused = map_loss_grad(eager, x, t), map_loss_grad(fused, x, t)
+    assert g_eager.abs().max() > 1e-3
+    torch.testing.assert_close(g_fused, g_eager, rtol=1e-3, atol=1e-5 * g_eager.abs().max().item())
+
+
 @pytest.mark.parametrize("model_fn", [None, tiny_densenet], ids=["resnet", "densenet"])
 def test_smooth_relu_context_restores_modules_and_functions_even_on_error(tiny_classifier, model_fn):
     model = tiny_classifier if model_fn is None else model_fn()

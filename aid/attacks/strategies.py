@@ -162,8 +162,8 @@ class GradInterpretationLoss(InterpretationLoss):
     run a separate ordinary pass for ℓ_prd; h(z) equals ReLU's step except within ~sqrt(τ) of 0, and
     the shared pass saves a forward and a backward per step). The target map comes from the ordinary
     (evaluation) interpreter, and the smooth copy takes its settings, its map pooling
-    (:class:`~aid.interpreters.grad.Grad` ``pool``, the authors' 4) included. ``pool`` here pools both
-    maps once more, for the loss only (default 1).
+    (:class:`~aid.interpreters.grad.Grad` ``pool``, the authors' 4) and ``fused`` included. ``pool``
+    here pools both maps once more, for the loss only (default 1).
 
     Args:
         interpreter: the (evaluation) GRAD interpreter.
@@ -196,6 +196,7 @@ class GradInterpretationLoss(InterpretationLoss):
             tau=getattr(interpreter, "tau", 1e-4) if tau is None else tau,
             beta=getattr(interpreter, "beta", 10.0) if beta is None else beta,
             pool=getattr(interpreter, "pool", 1),
+            fused=getattr(interpreter, "fused", False),
         )
 
     def maps(self, x_adv: Tensor, target: Tensor) -> Tensor:

@@ -70,6 +70,9 @@ class Grad(Interpreter):
         beta: β of the softplus surrogate (default 10).
         pool: average-pool factor of the map (default 1; the authors' 4). Sides that it does not
             divide end in a smaller last cell (``ceil_mode``).
+        fused: with ``smooth`` and the ``"h"`` surrogate, run h(z)'s elementwise passes as compiled
+            kernels (:mod:`aid.interpreters.smooth_relu`; faster ADV² steps against GRAD after a
+            one-off compilation; default False). ADV² against GRAD inherits it from this interpreter.
 
     Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1].
 
@@ -91,6 +94,7 @@ class Grad(Interpreter):
         tau: float = 1e-4,
         beta: float = 10.0,
         pool: int = 1,
+        fused: bool = False,
     ) -> None:
         super().__init__(classifier)
         if int(pool) != pool or int(pool) < 1:
@@ -102,6 +106,7 @@ class Grad(Interpreter):
         self.score, self.smooth, self.surrogate = score, bool(smooth), surrogate
         self.tau, self.beta = float(tau), float(beta)
         self.pool = int(pool)
+        self.fused = bool(fused)
 
     def logits_and_gradient(self, x: Tensor, target: Tensor, create_graph: bool = False) -> tuple[Tensor, Tensor]:
         """(logits (B, K), raw input gradient ∂f_t(x)/∂x (B, C, H, W)) from one pass (surrogate if smooth).
@@ -109,7 +114,7 @@ class Grad(Interpreter):
         With ``create_graph=True`` and an x that requires grad, both stay differentiable w.r.t. x.
         """
         ctx = (
-            smooth_relu(self.classifier, self.tau, self.surrogate, self.beta)
+            smooth_relu(self.classifier, self.tau, self.surrogate, self.beta, self.fused)
             if self.smooth
             else contextlib.nullcontext()
         )

@@ -14,6 +14,13 @@ it equals r(z) up to O(τ / z²) away from 0 and its own derivative τ / (z² + 
 everywhere, which is what the attack needs. (As in the paper, h jumps from 1 to 0 at z = 0, within a
 band of width ~sqrt(τ) = 0.01.)
 
+With ``fused=True`` the elementwise work of h(z) (and of its double backward) runs as one
+``torch.compile``d kernel per pass instead of several eager passes over the activations: the same
+numbers up to rounding, faster where those passes cost (memory-bound elementwise work; a CPU, a GPU at
+large activations), at the price of a compilation on first use (tens of seconds on a small CPU, then
+cached on disk by torch). Where compilation fails (no C++ compiler, no Triton) it warns once and runs
+the eager passes.
+
 The alternative of Dombrowski et al. (2019) replaces ReLU by softplus with a large β in the forward
 *and* backward pass (``surrogate="softplus"``); the forward pass then differs slightly from ReLU.
 
@@ -28,7 +35,8 @@ relu``); the in-place variants return a new tensor instead of writing into their
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,21 +51,52 @@ def smooth_step(z: Tensor, tau: float = 1e-4) -> Tensor:
     return torch.where(z < 0, 1 + s, s)
 
 
+def _forward_parts(grad_out: Tensor, z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_out · h(z), h(z), h'(z)) as one expression, for ``torch.compile`` to fuse into one pass."""
+    r = torch.rsqrt(z * z + tau)
+    h = z * r + (z < 0).to(z.dtype)
+    return grad_out * h, h, tau * r * r * r
+
+
+def _backward_parts(gg: Tensor, grad_out: Tensor, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
+    """(gg · h, gg · grad_out · h'): both gradients of :class:`SmoothReLUBackward` in one pass."""
+    return gg * h, gg * grad_out * dh
+
+
+_KERNELS: dict[str, Callable] = {}
+_FUSION_FAILED: list[str] = []
+
+
+def _fused(name: str, fn: Callable, *args):
+    """``fn(*args)`` through its compiled kernel; None (after one warning) once compilation has failed."""
+    if _FUSION_FAILED:
+        return None
+    if name not in _KERNELS:
+        _KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    try:
+        return _KERNELS[name](*args)
+    except Exception as err:  # any compiler or backend failure: the eager passes give the same numbers
+        _FUSION_FAILED.append(repr(err))
+        warnings.warn(f"smooth ReLU: fused=True could not compile its kernel ({err!r:.200}); using eager "
+                      "passes from now on", RuntimeWarning, stacklevel=2)
+        return None
+
+
 class SmoothReLUFunction(torch.autograd.Function):
     """ReLU forward, ``grad · h(z)`` backward. The backward is itself a differentiable function
     (:class:`SmoothReLUBackward`), so double backward (the gradient of a loss on a gradient map) flows
     through h'(z)."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, tau: float) -> Tensor:
+    def forward(ctx, z: Tensor, tau: float, fused: bool = False) -> Tensor:
         ctx.save_for_backward(z)
-        ctx.tau = tau
+        ctx.tau, ctx.fused = tau, fused
         return z.clamp_min(0)  # not F.relu: that name may be patched by smooth_relu()
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
         (z,) = ctx.saved_tensors
-        return SmoothReLUBackward.apply(grad_out, z, ctx.tau), None
+        return SmoothReLUBackward.apply(grad_out, z, ctx.tau, ctx.fused), None, None
 
 
 class SmoothReLUBackward(torch.autograd.Function):
@@ -67,7 +106,13 @@ class SmoothReLUBackward(torch.autograd.Function):
     a large share of an ADV² step against GRAD. Third derivatives are not supported."""
 
     @staticmethod
-    def forward(ctx, grad_out: Tensor, z: Tensor, tau: float) -> Tensor:
+    def forward(ctx, grad_out: Tensor, z: Tensor, tau: float, fused: bool = False) -> Tensor:
+        ctx.fused = fused
+        parts = _fused("forward", _forward_parts, grad_out, z, tau) if fused else None
+        if parts is not None:
+            out, h, dh = parts
+            ctx.save_for_backward(grad_out, h, dh if ctx.needs_input_grad[1] else None)
+            return out
         # Few passes over z, in place where possible: on a CPU these elementwise passes, not the
         # convolutions, are what an ADV² step against GRAD adds to the double-backward floor.
         r = torch.mul(z, z).add_(tau).rsqrt_()
@@ -79,16 +124,20 @@ class SmoothReLUBackward(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gg: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx, gg: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         grad_out, h, dh = ctx.saved_tensors
+        if ctx.fused and ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+            parts = _fused("backward", _backward_parts, gg, grad_out, h, dh)
+            if parts is not None:
+                return *parts, None, None
         d_grad_out = gg * h if ctx.needs_input_grad[0] else None
         d_z = torch.mul(gg, grad_out).mul_(dh) if ctx.needs_input_grad[1] else None
-        return d_grad_out, d_z, None
+        return d_grad_out, d_z, None, None
 
 
-def smooth_relu_fn(z: Tensor, tau: float = 1e-4) -> Tensor:
-    """ReLU(z) with the smooth backward h(z) (any shape)."""
-    return SmoothReLUFunction.apply(z, tau)
+def smooth_relu_fn(z: Tensor, tau: float = 1e-4, fused: bool = False) -> Tensor:
+    """ReLU(z) with the smooth backward h(z) (any shape); ``fused``: compiled elementwise kernels."""
+    return SmoothReLUFunction.apply(z, tau, fused)
 
 
 class SmoothReLU(nn.Module):
@@ -99,9 +148,10 @@ class SmoothReLU(nn.Module):
         surrogate: ``"h"`` (ReLU forward, h backward; the paper) or ``"softplus"`` (softplus with
             ``beta`` forward and backward; Dombrowski et al.).
         beta: β of the softplus surrogate (Dombrowski et al. raise it from 10 to 100).
+        fused: run h(z)'s elementwise passes as compiled kernels (``"h"`` only; see the module).
     """
 
-    def __init__(self, tau: float = 1e-4, surrogate: str = "h", beta: float = 10.0) -> None:
+    def __init__(self, tau: float = 1e-4, surrogate: str = "h", beta: float = 10.0, fused: bool = False) -> None:
         super().__init__()
         if surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
@@ -109,20 +159,20 @@ class SmoothReLU(nn.Module):
             raise ValueError(f"tau must be > 0, got {tau}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
-        self.tau, self.surrogate, self.beta = float(tau), surrogate, float(beta)
+        self.tau, self.surrogate, self.beta, self.fused = float(tau), surrogate, float(beta), bool(fused)
 
     def forward(self, z: Tensor) -> Tensor:
         if self.surrogate == "softplus":
             return F.softplus(z, beta=self.beta)
-        return smooth_relu_fn(z, self.tau)
+        return smooth_relu_fn(z, self.tau, self.fused)
 
     def extra_repr(self) -> str:
-        return f"surrogate={self.surrogate}, tau={self.tau}, beta={self.beta}"
+        return f"surrogate={self.surrogate}, tau={self.tau}, beta={self.beta}, fused={self.fused}"
 
 
 @contextlib.contextmanager
 def smooth_relu(
-    model: nn.Module, tau: float = 1e-4, surrogate: str = "h", beta: float = 10.0
+    model: nn.Module, tau: float = 1e-4, surrogate: str = "h", beta: float = 10.0, fused: bool = False
 ) -> Iterator[nn.Module]:
     """Within the block, every ReLU of ``model`` (modules and functional calls) uses the surrogate.
 
@@ -136,7 +186,7 @@ def smooth_relu(
         with smooth_relu(classifier):
             g = torch.autograd.grad(classifier(x)[:, c].sum(), x, create_graph=True)[0]
     """
-    act = SmoothReLU(tau, surrogate, beta)
+    act = SmoothReLU(tau, surrogate, beta, fused)
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     patched = [
         (F, "relu", F.relu),
