@@ -1,10 +1,10 @@
 """Is RTSA more noise-sensitive than RTS? The noise test of the main job on many images, with its error.
 
-The main job's `NoiseSensitivity` callback compares RTS and RTSA on 64 images; at the 30 % levels only
-about 16 of them change class, so a difference of a few percent between the two interpreters is within
-the draw. This script repeats the test on N correctly classified validation images of a finished
-main-job run (a seeded draw) with the callback's own calibration (`calibrate_sigma` on 256 validation
-images, the callback's seeds) and prints per noise level:
+On 64 images (the main job's noise test before it took 1,024) only about 16 change class at the 30 %
+levels, so a difference of a few percent between RTS and RTSA is within the draw. This script repeats
+the test on N correctly classified validation images of a finished main-job run (its own seeded draw)
+with the callback's calibration (`calibrate_sigma` on 256 validation images, the callback's seeds) and
+prints per noise level:
 
 - σ and the share of the N images the noise misclassifies;
 - the mean L1 between clean and noisy maps (noisy map for the predicted class) of RTS and RTSA, and
