@@ -44,6 +44,21 @@ def load_run(run_dir: Path):
     return classifier, rts.eval(), rtsa.eval(), data, cfg
 
 
+def correct_images(classifier, dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n correctly classified images (n, C, H, W) and labels (n,) of a seeded permutation of
+    ``dataset`` (a draw over the whole split: folders list their images class by class)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    xs, ys = [], []
+    for x, y, *_ in DataLoader(Subset(dataset, order), batch_size=256):
+        with torch.no_grad():
+            ok = classifier(x).argmax(1) == y
+        xs.append(x[ok])
+        ys.append(y[ok])
+        if sum(len(v) for v in ys) >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
 def gate_belief(masker: RTSMasker, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """The gate's belief (B,) in class c (B,) on images x."""
     logits = masker.presence(masker.normalize(x))
@@ -61,18 +76,7 @@ def main() -> None:
     if rtsa.presence is None:
         raise SystemExit(f"{args.run_dir}: RTSA has no presence gate")
     data.setup("validate")
-    # A seeded draw over the whole split: folders list their images class by class.
-    dataset = data.val_dataloader().dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
-    xs, ys = [], []
-    for x, y, *_ in DataLoader(Subset(dataset, order), batch_size=64):
-        with torch.no_grad():
-            ok = classifier(x).argmax(1) == y
-        xs.append(x[ok])
-        ys.append(y[ok])
-        if sum(len(v) for v in ys) >= args.images:
-            break
-    x, y = torch.cat(xs)[: args.images], torch.cat(ys)[: args.images]
+    x, y = correct_images(classifier, data.val_dataloader().dataset, args.images, seed=0)
     names = list(getattr(data, "classes", range(classifier.num_classes)))
     with torch.no_grad():
         conf = classifier(x).softmax(1).gather(1, y[:, None]).flatten()

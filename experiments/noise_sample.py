@@ -27,28 +27,14 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_diagnostics import gate_belief, load_run  # noqa: E402
+from gate_diagnostics import correct_images, gate_belief, load_run  # noqa: E402
 
 from aid.metrics import map_l1  # noqa: E402
 from callbacks.noise import NOISES, calibrate_sigma, level_name, predict, unit_noise  # noqa: E402
-
-
-def correct_images(classifier, dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n correctly classified images (n, C, H, W) and labels of a seeded permutation."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    xs, ys = [], []
-    for x, y, *_ in DataLoader(Subset(dataset, order), batch_size=256):
-        ok = predict(classifier, x) == y
-        xs.append(x[ok])
-        ys.append(y[ok])
-        if sum(len(v) for v in ys) >= n:
-            break
-    return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
 @torch.no_grad()
