@@ -210,6 +210,38 @@ class ADV2(Attack):
         loss, l_int, logits = self.losses(x_adv, target, target_map, min(i, self.steps - 1), interpretation)
         return loss, l_int, logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)
 
+    def descend(
+        self,
+        x_adv: Tensor,
+        x: Tensor,
+        target: Tensor,
+        target_map: Tensor,
+        best: BestIterate,
+        steps: int,
+        first: int = 0,
+        follow_up: bool = False,
+        desc: str = "adv2",
+    ) -> Tensor:
+        """``steps`` signed-gradient steps of ADV²'s loss from ``x_adv`` (B, C, H, W) around x, numbered from
+        ``first`` (the schedules' step), offering iterates to ``best`` (updated in place): every
+        ``select_every``-th and the last, or, with ``follow_up``, every one but the first (it was already
+        offered) with the map term only for the samples ``best`` has found. Returns the last iterate."""
+        for j in tqdm(range(steps + 1), desc=desc, disable=not self.progress, leave=False):
+            x_adv.requires_grad_(True)
+            # In the follow-up, per sample: the map term only once the sample has reached κ, so it cannot
+            # hold it below.
+            weight = best.found.to(x.dtype) if follow_up else 1.0
+            loss, l_int, conf = self.measure(x_adv, target, target_map, first + j, interpretation=weight)
+            offer = j > 0 if follow_up else j % self.select_every == 0 or j == steps
+            if offer:
+                best.update(x_adv, l_int, conf, step=self.warm_steps + first + j)
+            if j == steps:  # the last iterate is evaluated, not stepped from
+                break
+            # A sum, not a mean: each sample's gradient is then independent of the batch size.
+            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
+        return x_adv.detach()
+
     def follow_up(self, best: BestIterate, x_adv: Tensor, x: Tensor, target: Tensor, target_map: Tensor) -> Tensor:
         """Step 4: continue the samples that ``best`` has not found, alone, for ``extra_steps`` steps: on the
         prediction loss until an iterate reaches κ, then on ADV²'s whole loss, keeping the confident iterate
@@ -217,21 +249,14 @@ class ADV2(Attack):
         idx = (~best.found).nonzero().squeeze(1)
         if self.extra_steps == 0 or idx.numel() == 0:
             return x_adv
-        xs, x0, t, tm = x_adv[idx].detach(), x[idx], target[idx], target_map[idx]
-        sub = BestIterate(xs, self.kappa)
-        for j in tqdm(range(self.extra_steps + 1), desc="adv2 follow-up", disable=not self.progress, leave=False):
-            xs.requires_grad_(True)
-            # Per sample: the map term only once the sample has reached κ, so it cannot hold it below.
-            loss, l_int, conf = self.measure(xs, t, tm, self.steps + j, interpretation=sub.found.to(x.dtype))
-            if j > 0:  # j = 0 is the main loop's last iterate, already offered
-                sub.update(xs, l_int, conf, step=self.warm_steps + self.steps + j)
-            if j == self.extra_steps:
-                break
-            (grad,) = torch.autograd.grad(loss.sum(), xs)
-            xs = signed_step(xs, x0, grad, self.alpha, self.eps)
+        sub = BestIterate(x_adv[idx].detach(), self.kappa)
+        xs = self.descend(
+            x_adv[idx].detach(), x[idx], target[idx], target_map[idx], sub, self.extra_steps,
+            first=self.steps, follow_up=True, desc="adv2 follow-up",
+        )
         best.merge(idx, sub)
         x_adv = x_adv.detach().clone()
-        x_adv[idx] = xs.detach()
+        x_adv[idx] = xs
         return x_adv
 
     def _run(self, x: Tensor, target: Tensor, target_map: Tensor | None) -> AttackResult:
@@ -240,17 +265,8 @@ class ADV2(Attack):
         target_map = target_map.detach().to(x.dtype)
         x_adv = self.warm_start(x, target)
         best = BestIterate(x_adv, self.kappa)
-        for i in tqdm(range(self.steps + 1), desc="adv2", disable=not self.progress, leave=False):
-            x_adv.requires_grad_(True)
-            loss, l_int, conf = self.measure(x_adv, target, target_map, i)
-            if i % self.select_every == 0 or i == self.steps:
-                best.update(x_adv, l_int, conf, step=self.warm_steps + i)
-            if i == self.steps:  # the last iterate is evaluated, not stepped from
-                break
-            # A sum, not a mean: each sample's gradient is then independent of the batch size.
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            x_adv = signed_step(x_adv, x, grad, self.alpha, self.eps)
-        x_adv = self.follow_up(best, x_adv.detach(), x, target, target_map)
+        x_adv = self.descend(x_adv, x, target, target_map, best, self.steps)
+        x_adv = self.follow_up(best, x_adv, x, target, target_map)
         x_sel, step = best.result(x_adv, self.warm_steps + self.steps)
         success, confidence = self.evaluate(x_sel, target)
         maps = self.interpreter.attribute(x_sel, target).detach()
