@@ -5,7 +5,7 @@ One step is timed through the attacks' own pieces, as their loops run them (mode
 
 - PGD: ``PGD(steps=1).perturb(x, target, x_adv)`` (forward, cross-entropy, input gradient, signed step);
 - ADV² (grad, cam, rts, and grad_fused / ig / gradcam with ``--families``; grad_fused is GRAD with
-  ``fused=True``, h(z) as compiled kernels, compiled during the warm-up rounds): the body of ``ADV2._run``'s loop:
+  ``fused=True``, h(z) as compiled kernels, compiled during the warm-up rounds): the body of ``ADV2.descend``'s loop:
   ``ADV2.losses(x_adv, target, target_map, step)``, the target confidence and ``BestIterate.update``,
   ``torch.autograd.grad`` of the summed loss, ``signed_step``;
 - ADV² against MASK (Algorithm 1, ``ADV2Mask``): one outer iteration without its reset:
@@ -112,7 +112,7 @@ def step_fn(attack, x, x_adv0, target, target_map, step: int):
     best = BestIterate(x_adv0, attack.kappa)
 
     def adv2_step():
-        # The body of ADV2._run's loop.
+        # The body of ADV2.descend's loop.
         x_adv = x_adv0.detach().requires_grad_(True)
         loss, l_int, logits = attack.losses(x_adv, target, target_map, step)
         conf = logits.detach().float().softmax(dim=1).gather(1, target[:, None]).squeeze(1)

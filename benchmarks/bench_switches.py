@@ -1,7 +1,7 @@
 """GPU-oriented switches measured where they would be turned on: channels-last weights and bf16 autocast.
 
 Times one targeted PGD step (``PGD.perturb`` with ``--steps`` steps, per step) and one ADV² step
-against CAM (the body of ``ADV2._run``'s loop through ``ADV2.losses``) with the classifier as built
+against CAM (the body of ``ADV2.descend``'s loop through ``ADV2.losses``) with the classifier as built
 (NCHW, float32), with its weights in ``torch.channels_last`` (what :class:`callbacks.memory_format.ChannelsLast`
 does to a run), and under ``torch.autocast(dtype=torch.bfloat16)`` (what ``trainer.precision: bf16-mixed``
 does). A switch stays off in the configs where it does not help on the device that runs them.
