@@ -416,3 +416,33 @@ def test_presence_gate_is_the_two_way_softmax_of_the_asked_class_against_its_str
     # a clear winner passes near 1 however the rest of the probability is spread over many classes
     many = torch.cat([torch.tensor([[6.0]]), torch.full((1, 999), 0.0)], dim=1)
     assert gate(many, torch.tensor([0])).item() > 0.99 > many.softmax(1)[0, 0].item()
+
+
+def test_presence_gate_sharpness_multiplies_the_margin_and_must_be_positive():
+    from aid.interpreters.presence import EncoderPresence
+
+    logits = torch.tensor([[0.75, 0.0, -1.0], [0.0, 0.5, 0.0]])
+    target = torch.tensor([0, 0])
+    got = EncoderPresence(torch.nn.Identity(), sharpness=4.0).gate(logits, target).flatten()
+    torch.testing.assert_close(got, torch.sigmoid(torch.tensor([3.0, -2.0])))
+    presence = EncoderPresence(torch.nn.Identity(), sharpness=4.0)
+    with presence.sharpness_as(1.0):  # for a block only; the buffer (the checkpoint's k) is untouched
+        torch.testing.assert_close(presence.gate(logits, target).flatten(), torch.sigmoid(torch.tensor([0.75, -0.5])))
+    assert presence.sharpness.item() == 4.0
+    torch.testing.assert_close(presence.gate(logits, target).flatten(), got)
+    with pytest.raises(ValueError, match="sharpness"):
+        EncoderPresence(torch.nn.Identity(), sharpness=0.0)
+
+
+def test_rts_checkpoint_carries_its_gate_sharpness_and_older_gates_load_with_sharpness_one(
+    tiny_classifier, tmp_path
+):
+    trained = RTSMasker.from_classifier(tiny_classifier)
+    trained.add_presence(sharpness=4.0)
+    path, old = tmp_path / "rtsa.pt", tmp_path / "rtsa_old.pt"
+    torch.save(trained.state_dict(), path)
+    torch.save({k: v for k, v in trained.state_dict().items() if k != "presence.sharpness"}, old)
+    for ckpt, expected in ((path, 4.0), (old, 1.0)):
+        fresh = RTSMasker.from_classifier(tiny_classifier)  # no gate yet: the checkpoint adds one
+        load_masker_state(fresh, ckpt)
+        assert fresh.presence is not None and fresh.presence.sharpness.item() == expected

@@ -177,14 +177,14 @@ def test_aid_presence_gate_starts_as_rts_scaled_by_the_classifier_and_alone_trai
     torch.save({"state_dict": rts.state_dict()}, tmp_path / "rts.ckpt")
     module = AIDModule(
         str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), presence=True, train_masker=False, lr=0.05,
-        attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1},
+        presence_sharpness=2.0, attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 1},
     )
     assert module.reference.presence is None  # RTS stays Dabkowski & Gal's masker
     x, y = next(iter(tiny_data_loader()))[:2]
     with torch.no_grad():  # the gate starts as the classifier: RTS's maps times its belief in the class
         logits = module.classifier(x)
         rival = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        belief = torch.sigmoid(logits.gather(1, y[:, None]).squeeze(1) - rival)[:, None, None, None]
+        belief = torch.sigmoid(2.0 * (logits.gather(1, y[:, None]).squeeze(1) - rival))[:, None, None, None]
         assert torch.allclose(module.masker(x, y)[0], (module.reference(x, y)[0] * belief).clamp(0, 1), atol=1e-5)
     groups = module.param_groups()
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in module.masker.presence.parameters()}
@@ -200,11 +200,41 @@ def test_aid_presence_gate_starts_as_rts_scaled_by_the_classifier_and_alone_trai
 
     plain = RTSMasker.from_classifier(module.classifier)
     load_masker_state(plain, tmp_path / "rtsa.ckpt")
-    assert plain.presence is not None
+    assert plain.presence is not None and plain.presence.sharpness.item() == 2.0
     with torch.no_grad():
         assert torch.allclose(plain.eval()(x, y)[0], module.masker.eval()(x, y)[0])
     with pytest.raises(ValueError, match="train_masker"):
         AIDModule(str(ckpt), train_masker=False)
+    with pytest.raises(ValueError, match="presence_sharpness"):
+        AIDModule(str(ckpt), presence=True, presence_sharpness=0.0)
+    with pytest.raises(ValueError, match="presence_train_sharpness"):
+        AIDModule(str(ckpt), presence=True, presence_train_sharpness=-1.0)
+
+
+def test_aid_gate_trains_at_sharpness_one_and_its_maps_use_the_deployed_sharpness(tmp_path):
+    ckpt = save_classifier(tmp_path / "c.ckpt")
+    rts = RTSModule(str(ckpt))
+    torch.save({"state_dict": rts.state_dict()}, tmp_path / "rts.ckpt")
+    gates = {}
+    for k in (1.0, 4.0):
+        torch.manual_seed(0)
+        module = AIDModule(
+            str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), presence=True, train_masker=False, lr=0.05,
+            presence_ce_weight=0.3, presence_sharpness=k,
+            attack_kwargs={"eps": 0.05, "alpha": 0.01, "warm_steps": 1, "steps": 2},
+        )
+        fit(module, steps=3)
+        assert module.masker.presence.sharpness.item() == k
+        gates[k] = module
+    # the same training (the in-loop attack against the k = 1 gate included), whatever the deployed k
+    for a, b in zip(gates[1.0].masker.presence.parameters(), gates[4.0].masker.presence.parameters(), strict=True):
+        assert torch.equal(a, b)
+    x, y = next(iter(tiny_data_loader()))[:2]
+    with torch.no_grad():
+        sharp = gates[4.0].masker.eval()(x, y)[0]
+        with gates[4.0].masker.presence.sharpness_as(1.0):
+            assert torch.equal(gates[4.0].masker(x, y)[0], gates[1.0].masker.eval()(x, y)[0])
+    assert not torch.equal(sharp, gates[1.0].masker(x, y)[0])
 
 
 def test_aid_presence_ce_term_trains_the_gate_to_see_the_true_class_in_adversarial_and_benign_inputs(tmp_path):

@@ -195,10 +195,10 @@ class RTSMasker(nn.Module):
         if presence:
             self.add_presence()
 
-    def add_presence(self) -> EncoderPresence:
+    def add_presence(self, sharpness: float = 1.0) -> EncoderPresence:
         """Add (or replace) the class-presence gate, a trainable copy of the encoder
-        (:class:`~aid.interpreters.presence.EncoderPresence`), and return it."""
-        self.presence = EncoderPresence(self.encoder).to(self.mean.device)
+        (:class:`~aid.interpreters.presence.EncoderPresence`) with that ``sharpness``, and return it."""
+        self.presence = EncoderPresence(self.encoder, sharpness).to(self.mean.device)
         return self.presence
 
     @classmethod
@@ -284,7 +284,7 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
     (``masker.`` for a module attribute named ``masker``, also nested as ``rts.masker.``); the prefix up
     to and including ``key`` is stripped. Loads with ``weights_only=True`` onto the CPU, strictly;
     the weights of a presence gate (an AID checkpoint with ``presence``) give a masker without one a gate
-    first.
+    first, and the gate's sharpness is the checkpoint's (1 where it has none).
     """
     state = load_checkpoint(checkpoint)  # weights only; clear errors for missing or unsafe files
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -299,8 +299,11 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
             picked[k.split(f".{key}", 1)[1]] = v
     if picked:
         state = picked
-    if masker.presence is None and any(k.startswith("presence.model.") for k in state):
-        masker.add_presence()
+    if any(k.startswith("presence.model.") for k in state):
+        if masker.presence is None:
+            masker.add_presence()
+        # Checkpoints from before the gate had a sharpness were trained with the plain margin (k = 1).
+        state.setdefault("presence.sharpness", torch.tensor(1.0))
     try:
         masker.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -21,10 +21,14 @@ mask (:mod:`aid.interpreters.presence`); the same two steps train only the gate,
 ``presence_ce_weight`` adds Madry-style adversarial training of it (A(x) must still show x's class).
 RTS's selector decides "is class t here?" with a copy of the fooled classifier; the gate is a second
 judge that ADV² in the loop teaches not to be fooled, and benign maps move only where it doubts the class.
+The gate trains as sigmoid(margin) (``presence_train_sharpness`` 1), whose gradient reaches every image it
+is unsure of, and RTSA uses it as sigmoid(k · margin) (``presence_sharpness``): with a larger k a gate that
+calls the class passes nearly all of RTS's map, and one that calls another class nearly none of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any
@@ -59,6 +63,11 @@ class AIDModule(RTSModule):
         presence: add a class-presence gate to the masker, a trainable copy of its encoder
             (:class:`~aid.interpreters.presence.EncoderPresence`) whose belief in the asked class
             multiplies the mask (default False).
+        presence_sharpness: the deployed gate's factor k on its logit margin, belief = sigmoid(k · margin)
+            (default 1; :class:`~aid.interpreters.presence.EncoderPresence`): RTSA's maps and every evaluation
+            use it.
+        presence_train_sharpness: the gate's k in the training steps, the in-loop attack included (default 1:
+            a sigmoid that is not sharp has a gradient on every image the gate is unsure of).
         presence_ce_weight: weight of the gate's adversarial training term in the ℓ_aid step: on A(x) and on x
             the gate must call x's own class present (the mean of its two cross-entropies towards y; default 0).
         train_masker: train the masker's decoder and selector (default True). With ``presence`` and
@@ -85,6 +94,8 @@ class AIDModule(RTSModule):
         keep_weight: float = 0.0,
         freeze_bn: bool = True,
         presence: bool = False,
+        presence_sharpness: float = 1.0,
+        presence_train_sharpness: float = 1.0,
         presence_ce_weight: float = 0.0,
         train_masker: bool = True,
         **rts_kwargs: Any,
@@ -96,6 +107,10 @@ class AIDModule(RTSModule):
             raise ValueError(f"model.attack_every_n_steps must be >= 1, got {attack_every_n_steps}")
         if aid_weight < 0:
             raise ValueError(f"model.aid_weight must be >= 0, got {aid_weight}")
+        sharpness = {"presence_sharpness": presence_sharpness, "presence_train_sharpness": presence_train_sharpness}
+        for name, k in sharpness.items():
+            if not k > 0:
+                raise ValueError(f"model.{name} must be > 0, got {k}")
         if presence_ce_weight < 0:
             raise ValueError(f"model.presence_ce_weight must be >= 0, got {presence_ce_weight}")
         if not isinstance(presence, bool):
@@ -115,7 +130,7 @@ class AIDModule(RTSModule):
                     module.requires_grad_(False)
         if presence:
             # After the reference copy: RTS stays without one.
-            self.masker.add_presence()
+            self.masker.add_presence(presence_sharpness)
         self.attack_kwargs = dict(attack_kwargs or {})
         self.train()  # apply the mode rules (reference and frozen batch norm in eval mode) from the start
 
@@ -192,6 +207,12 @@ class AIDModule(RTSModule):
         return (keep * real).sum() / real.sum().clamp_min(1)  # masked mean: no host sync
 
     def training_step(self, batch, batch_idx: int) -> None:
+        gate = self.masker.presence
+        train_k = self.hparams.presence_train_sharpness
+        with gate.sharpness_as(train_k) if gate is not None else contextlib.nullcontext():
+            self._training_step(batch, batch_idx)
+
+    def _training_step(self, batch, batch_idx: int) -> None:
         opt = self.optimizers()
         x, y = batch[0], batch[1]
         terms, mask, real = self.masker_loss(x, y, fake_labels=True)
