@@ -210,6 +210,14 @@ def test_aid_presence_gate_starts_as_rts_scaled_by_the_classifier_and_alone_trai
     with pytest.raises(ValueError, match="presence_train_sharpness"):
         AIDModule(str(ckpt), presence=True, presence_train_sharpness=-1.0)
 
+    # A checkpoint from before the gate had a sharpness resumes with k = 1, the gate it was trained with.
+    old = {k: v for k, v in module.state_dict().items() if k != "masker.presence.sharpness"}
+    resumed = AIDModule(str(ckpt), rts_ckpt=str(tmp_path / "rts.ckpt"), presence=True, train_masker=False)
+    checkpoint = {"state_dict": old}
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    assert resumed.masker.presence.sharpness.item() == 1.0
+
 
 def test_aid_gate_trains_at_sharpness_one_and_its_maps_use_the_deployed_sharpness(tmp_path):
     ckpt = save_classifier(tmp_path / "c.ckpt")

@@ -41,8 +41,8 @@ class EncoderPresence(nn.Module):
     adversarially trained gate has small logit margins on real images (one or two logits), so at k = 1 a
     gate that calls the class still passes only 70–90 % of the map, and every noisy or benign image loses
     that much; at k = 4 a margin of 0.75 logits passes 95 %. The gradient stays finite (no hard step).
-    AID trains the gate at k = 1 (:meth:`sharpness_as`): a sharp sigmoid saturates on most images, and
-    its losses would then reach only the few near a tie.
+    AID trains the gate at k = 1 by default (:meth:`sharpness_as`), where the sigmoid's gradient reaches
+    every image the gate is unsure of, and deploys it sharper.
 
     Args:
         encoder: a timm classifier of normalised images (copied, never shared; made trainable).

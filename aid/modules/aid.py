@@ -134,6 +134,12 @@ class AIDModule(RTSModule):
         self.attack_kwargs = dict(attack_kwargs or {})
         self.train()  # apply the mode rules (reference and frozen batch norm in eval mode) from the start
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A run saved before the gate had a sharpness resumes with the plain margin it was trained with.
+        state = checkpoint.get("state_dict", {})
+        if any(k.startswith("masker.presence.model.") for k in state):
+            state.setdefault("masker.presence.sharpness", torch.tensor(1.0))
+
     def on_train_start(self) -> None:
         # Lightning does not call ``train()`` when fit starts; it keeps each module's mode as it finds it.
         self.train()
