@@ -14,8 +14,8 @@ prints per noise level:
 - RTSA's gate on the noisy images: its belief in the predicted and the true class where the noise
   misclassifies, in the (unchanged) class elsewhere.
 
-``--gate-sharpness K`` multiplies the gate's logit margin by K at evaluation time (RTSA's gate becomes
-sigmoid(K · margin)): what a sharper gate would do to the same trained RTSA.
+``--gate-sharpness K`` evaluates RTSA's gate at sharpness K, sigmoid(K · margin), instead of the
+checkpoint's own (``presence_sharpness``): what a sharper or softer gate does to the same trained RTSA.
 
     python experiments/noise_sample.py runs/rts_aid-<hash> --images 1024      (about 1 min at 32 px)
 """
@@ -55,20 +55,21 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1024, help="correctly classified validation images")
     p.add_argument("--rates", type=float, nargs="+", default=[0.03, 0.30])
     p.add_argument("--seed", type=int, default=1, help="draw of the images and their noise")
-    p.add_argument("--gate-sharpness", type=float, default=1.0)
+    p.add_argument("--gate-sharpness", type=float, default=None, help="default: the checkpoint's")
     args = p.parse_args()
     classifier, rts, rtsa, data, _ = load_run(args.run_dir)
     classifier.eval()
-    if args.gate_sharpness != 1.0:
-        gate, sharpness = rtsa.presence.gate, args.gate_sharpness
-        rtsa.presence.gate = lambda logits, target: gate(logits * sharpness, target)
+    if rtsa.presence is None:
+        raise SystemExit(f"{args.run_dir}: RTSA has no presence gate")
+    if args.gate_sharpness is not None:
+        rtsa.presence.sharpness.fill_(args.gate_sharpness)
     data.setup("validate")
     dataset = data.val_dataloader().dataset
     # The callback's calibration: 256 validation images, correct or not, seed 0, noise seeded 1000 + k.
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:256]
     x_cal = torch.stack([dataset[int(i)][0] for i in order])
     x, y = correct_images(classifier, dataset, args.images, args.seed)
-    print(f"{len(y)} correctly classified validation images; gate sharpness {args.gate_sharpness:g}")
+    print(f"{len(y)} correctly classified validation images; gate sharpness {rtsa.presence.sharpness.item():g}")
     clean_rts, clean_rtsa = maps(rts, x, y), maps(rtsa, x, y)
     print(f"benign L1 RTS vs RTSA {map_l1(clean_rts, clean_rtsa).mean():.4f}")
     print("| level | σ | misclassified | RTS | RTSA | RTSA − RTS | misclassified: RTS / RTSA "
