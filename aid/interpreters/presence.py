@@ -86,3 +86,14 @@ class EncoderPresence(nn.Module):
     def attack_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """What an attacker minimises to make the copy call ``target`` present: CE, (B,)."""
         return F.cross_entropy(logits.float(), target.long(), reduction="none")
+
+
+def default_gate_sharpness(state: dict[str, Tensor], prefix: str = "") -> None:
+    """Give a state_dict whose gate weights (``<prefix>presence.model.*``) lack a sharpness k = 1, in place.
+
+    Checkpoints saved before the gate had a sharpness were trained and used with the plain margin (k = 1);
+    ``prefix`` is where the masker's keys start (``""`` for a masker's own state_dict, ``"masker."`` for a
+    module that holds it as ``masker``).
+    """
+    if any(k.startswith(f"{prefix}presence.model.") for k in state):
+        state.setdefault(f"{prefix}presence.sharpness", torch.tensor(1.0))

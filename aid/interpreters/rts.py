@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from aid.checkpoints import load_checkpoint
 from aid.interpreters.base import INTERPRETERS, Interpreter
-from aid.interpreters.presence import EncoderPresence
+from aid.interpreters.presence import EncoderPresence, default_gate_sharpness
 from aid.model_state import frozen_eval
 from aid.models import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
@@ -299,11 +299,9 @@ def load_masker_state(masker: RTSMasker, checkpoint: str | Path, key: str = "mas
             picked[k.split(f".{key}", 1)[1]] = v
     if picked:
         state = picked
-    if any(k.startswith("presence.model.") for k in state):
-        if masker.presence is None:
-            masker.add_presence()
-        # Checkpoints from before the gate had a sharpness were trained with the plain margin (k = 1).
-        state.setdefault("presence.sharpness", torch.tensor(1.0))
+    if any(k.startswith("presence.model.") for k in state) and masker.presence is None:
+        masker.add_presence()
+    default_gate_sharpness(state)
     try:
         masker.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from aid.attacks.adv2 import ADV2
 from aid.interpreters import Interpreter
+from aid.interpreters.presence import default_gate_sharpness
 from aid.interpreters.rts import RTSInterpreter, load_masker_state
 from aid.modules.rts import RTSModule
 
@@ -136,9 +137,7 @@ class AIDModule(RTSModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A run saved before the gate had a sharpness resumes with the plain margin it was trained with.
-        state = checkpoint.get("state_dict", {})
-        if any(k.startswith("masker.presence.model.") for k in state):
-            state.setdefault("masker.presence.sharpness", torch.tensor(1.0))
+        default_gate_sharpness(checkpoint.get("state_dict", {}), prefix="masker.")
 
     def on_train_start(self) -> None:
         # Lightning does not call ``train()`` when fit starts; it keeps each module's mode as it finds it.
