@@ -2,8 +2,10 @@
 
 Every benchmark compares contenders on the same model, batch and device in one process. The timer
 (:func:`compare`) runs ``warmup`` untimed rounds, then ``repeats`` rounds; each round calls every
-contender once, in an order rotated every round, so slow drifts of the machine (other jobs, clock
-changes) hit all contenders alike. Reported: median and inter-quartile range of the per-call times.
+contender once, in a fresh random order (seeded), so slow drifts of the machine (other jobs, clock
+changes) hit all contenders alike and no contender always runs right after the same other one (whose
+cache, memory or worker threads it would inherit). Reported: median and inter-quartile range of the
+per-call times, and for pairs the median of the per-round ratios (:func:`paired_ratio`).
 
 Peak memory of a call: on GPU ``torch.cuda.max_memory_allocated`` (statistics reset before the call);
 on CPU the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), whose high-water
@@ -23,6 +25,7 @@ import json
 import operator
 import os
 import platform
+import random
 import resource
 import statistics
 import sys
@@ -283,10 +286,13 @@ def compare(
     repeats: int = 10,
     warmup: int = 2,
     memory: bool = True,
+    seed: int = 0,
 ) -> dict[str, Stats]:
     """Time contenders side by side: ``warmup`` untimed rounds, then ``repeats`` timed rounds.
 
-    Each round calls every contender once, starting one further along the list every round. Returns
+    Each round calls every contender once, in an order drawn afresh every round from a generator seeded
+    with ``seed`` (a rotation would keep the cyclic order, so one contender would always follow the same
+    other one and inherit its cache, freed memory or spinning worker threads). Returns
     ``{name: Stats}`` with the per-call wall-clock times (GPU work synchronised), the largest peak
     memory seen over the timed calls (``peak_mb``) and the largest rise of memory above its level at the
     start of a call (``extra_mb``: what the call itself allocates; CPU figures count resident pages, so
@@ -294,10 +300,9 @@ def compare(
     """
     items = [(name, as_contender(c)) for name, c in contenders.items()]
     stats = {name: Stats(name) for name, _ in items}
-    n = len(items)
+    order = random.Random(seed)
     for r in range(warmup + repeats):
-        for k in range(n):
-            name, c = items[(r + k) % n]
+        for name, c in order.sample(items, len(items)):
             with c.context() if c.context is not None else contextlib.nullcontext() as state:
                 timed = r >= warmup
                 if timed and memory:
@@ -316,6 +321,17 @@ def compare(
                         stats[name].peak_mb = max(stats[name].peak_mb, peak)
                         stats[name].extra_mb = max(stats[name].extra_mb, peak - base)
     return stats
+
+
+def paired_ratio(a: Stats, b: Stats) -> float:
+    """Median over rounds of a's time / b's time in the same round (contenders of one :func:`compare`).
+
+    Both ran within one round, so a drift of the machine between rounds cancels in each ratio; it is a
+    steadier estimate of the relative cost than the ratio of the two medians.
+    """
+    if len(a.times) != len(b.times) or not a.times:
+        raise ValueError(f"{a.name} and {b.name} were not timed in the same rounds")
+    return statistics.median(x / y for x, y in zip(a.times, b.times, strict=True))
 
 
 def time_one(fn: Callable[[], Any], device: torch.device, repeats: int = 10, warmup: int = 2) -> Stats:
@@ -514,6 +530,7 @@ __all__ = [
     "environment",
     "feature_layer",
     "finish_args",
+    "paired_ratio",
     "frozen",
     "peak_memory_mb",
     "print_table",

@@ -40,3 +40,21 @@ def test_lower_bounds_and_informative_checks(common):
     speed, floor = common.median_checks(runs)
     assert speed["passed"] and speed["value"] == pytest.approx(4.2)
     assert floor["target"] == "-" and floor["passed"]
+
+
+def test_compare_varies_which_contender_runs_before_which(common):
+    calls = []
+    contenders = {name: (lambda n=name: calls.append(n)) for name in "abcd"}
+    common.compare(contenders, common.torch.device("cpu"), repeats=12, warmup=0, memory=False)
+    rounds = [calls[i : i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)  # every contender once per round
+    predecessors = {(r[k - 1], r[k]) for r in rounds for k in range(1, 4)}
+    # A rotation keeps the cyclic order (only a->b, b->c, c->d, d->a ever occur); fresh orders do not.
+    assert predecessors - {("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")}
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios(common):
+    a, b = common.Stats("a", [2.0, 3.0, 10.0]), common.Stats("b", [1.0, 2.0, 4.0])
+    assert common.paired_ratio(a, b) == pytest.approx(2.0)  # ratios 2.0, 1.5, 2.5
+    with pytest.raises(ValueError, match="same rounds"):
+        common.paired_ratio(a, common.Stats("c", [1.0]))

@@ -95,6 +95,22 @@ def test_bad_interpreter_arguments_are_rejected_by_name(tiny_classifier, name, k
         build_interpreter(name, tiny_classifier, **kwargs)
 
 
+@pytest.mark.parametrize("baseline", ["zeros", "blur"])
+def test_ig_does_not_depend_on_how_many_path_images_a_pass_holds(tiny_classifier, batch, baseline):
+    x, t = batch
+    rows = x.shape[0] * 7  # steps = 6: seven path points per image
+    results = []
+    for chunk in (None, 5, rows):  # one path point of the batch per pass (default), uneven passes, all at once
+        ig = build_interpreter("ig", tiny_classifier, steps=6, baseline=baseline, internal_batch_size=chunk)
+        xg = x.clone().requires_grad_(True)
+        a = ig.attributions(xg, t, create_graph=True)
+        (dx,) = torch.autograd.grad(a.square().sum(), xg)
+        results.append((a.detach(), dx))
+    for a, dx in results[1:]:
+        torch.testing.assert_close(a, results[0][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(dx, results[0][1], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("baseline", ["zeros", 0.5, "blur"])
 def test_ig_equals_captum_trapezoid_rescaled(tiny_classifier, batch, baseline):
     x, t = batch

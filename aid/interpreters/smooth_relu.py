@@ -116,7 +116,8 @@ class SmoothReLUBackward(torch.autograd.Function):
         # Few passes over z, in place where possible: on a CPU these elementwise passes, not the
         # convolutions, are what an ADV² step against GRAD adds to the double-backward floor.
         r = torch.mul(z, z).add_(tau).rsqrt_()
-        h = torch.mul(z, r).add_(z < 0)
+        # The step written as floats in one pass (adding the bool mask would convert it in another).
+        h = torch.mul(z, r).add_(torch.lt(z, 0, out=torch.empty_like(z)))
         # h'(z) = τ·r³ is needed only by a double backward, i.e. when z is part of a graph.
         dh = r.pow_(3).mul_(tau) if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(grad_out, h, dh)
