@@ -13,8 +13,8 @@
     ``ClassifierOutputTarget`` (numpy output, its own min-max and cv2 resize, hooks registered per call,
     untimed); IG: ours (trapezoid, ``steps = n − 1`` intervals) vs captum ``IntegratedGradients(n_steps=n,
     method="riemann_trapezoid")`` (+ |·|, channel sum, min-max): both evaluate n gradients on the same
-    path points; ours by default max(B, 64) path images per pass, captum all B·n at once (its default)
-    and, for reference, with the same ``internal_batch_size``.
+    path points; ours by default in passes of max(B, 64) path images on a CPU (``default_pass``), captum
+    all B·n at once (its default) and, for reference, with the same ``internal_batch_size``.
 
 Peers get the model in eval mode with its parameters' ``requires_grad`` as a user leaves them (True);
 ours freeze the parameters inside their call. Acceptance (batch 32): PGD ratio ours/torchattacks ≤ 1.05;
@@ -40,6 +40,7 @@ from torchattacks import PGD as TAPGD
 
 from aid.attacks.pgd import PGD
 from aid.interpreters import build_interpreter
+from aid.interpreters.integrated_gradients import default_pass
 from aid.models import check_images
 
 EPS, ALPHA = 8 / 255, 2 / 255
@@ -192,7 +193,7 @@ def bench_interpreters(args, clf, x, target) -> tuple[list, list, dict]:
         return minmax(a.abs().sum(dim=1, keepdim=True))
 
     diff = (ig(x, target) - captum_ig()).abs().max().item()
-    passes = max(args.batch, 64)  # ours by default
+    passes = default_pass(x)  # ours by default
     same_passes = f"captum IntegratedGradients, internal_batch_size={passes}"
     s = common.compare(
         {
@@ -208,8 +209,9 @@ def bench_interpreters(args, clf, x, target) -> tuple[list, list, dict]:
     tables.append(common.table(
         f"(b) Integrated Gradients, {n} gradient evaluations, batch {args.batch}",
         ["contender", "median_ms", "iqr_ms", "ratio", "paired", "extra_mb", "max_abs_diff"], rows,
-        f"{PAIRED} ours: steps = n - 1 trapezoid intervals, by default max(B, 64) = {passes} path images per "
-        "pass (internal_batch_size None); captum: n_steps = n, riemann_trapezoid (same points), by default all "
+        f"{PAIRED} ours: steps = n - 1 trapezoid intervals, by default {passes} path images per pass "
+        "(internal_batch_size None: max(B, 64) on a CPU, max(B, 2^22 / pixels) elsewhere); captum: n_steps = n, "
+        "riemann_trapezoid (same points), by default all "
         "B·n path images in one pass; the last row gives captum our passes.",
     ))
     r = common.paired_ratio(s["ours ig"], peer)
