@@ -95,6 +95,16 @@ def test_bad_interpreter_arguments_are_rejected_by_name(tiny_classifier, name, k
         build_interpreter(name, tiny_classifier, **kwargs)
 
 
+def test_ig_default_pass_holds_the_batch_and_at_least_64_images_on_cpu_or_4m_pixels_elsewhere():
+    from aid.interpreters.integrated_gradients import default_pass
+
+    assert default_pass(torch.zeros(8, 3, 32, 32)) == 64
+    assert default_pass(torch.zeros(100, 3, 32, 32)) == 100
+    assert default_pass(torch.zeros(1, 3, 224, 224, device="meta")) == 2**22 // 224**2
+    assert default_pass(torch.zeros(128, 3, 224, 224, device="meta")) == 128
+    assert default_pass(torch.zeros(32, 3, 32, 32, device="meta")) == 4096
+
+
 @pytest.mark.parametrize("baseline", ["zeros", "blur"])
 def test_ig_does_not_depend_on_how_many_path_images_a_pass_holds(tiny_classifier, batch, baseline):
     x, t = batch

@@ -14,8 +14,18 @@ from aid.model_state import frozen_eval
 from aid.models import Classifier, check_images
 
 REDUCTIONS = ("sum", "max")
-#: Path images per pass at least, by default: small batches still fill the convolutions of a pass.
-DEFAULT_PASS = 64
+#: Default pass sizes (path images per forward pass) of :class:`IntegratedGradients`: on a CPU at least
+#: this many images; on an accelerator at least this many pixels.
+CPU_PASS_IMAGES = 64
+ACCELERATOR_PASS_PIXELS = 2**22
+
+
+def default_pass(x: Tensor) -> int:
+    """Path images per forward pass for a batch x (B, C, H, W) when ``internal_batch_size`` is None."""
+    b, (h, w) = x.shape[0], x.shape[-2:]
+    if x.device.type == "cpu":
+        return max(b, CPU_PASS_IMAGES)
+    return max(b, ACCELERATOR_PASS_PIXELS // (h * w))
 
 
 @INTERPRETERS.register("ig")
@@ -35,12 +45,11 @@ class IntegratedGradients(Interpreter):
         baseline: x̄: ``"zeros"`` (default, a black image), a float fill value in [0, 1], ``"blur"``
             (x blurred by a Gaussian of std ``blur_sigma`` pixels) or a tensor broadcastable to x.
         steps: number of trapezoid intervals (default 32).
-        internal_batch_size: at most this many path images per forward pass (default None: max(B, 64)
-            for a batch of B images, so IG needs the memory of one gradient of the batch, or of 64 images,
-            whatever ``steps`` is). The result does not depend on it. Unlike captum's None (all
-            B·(steps + 1) images at once), the default does not run out of memory at large image sizes,
-            and on a CPU it is also faster (each pass reuses the memory of the one before); on a GPU with
-            small images a larger value (up to B·(steps + 1)) can be faster.
+        internal_batch_size: at most this many path images per forward pass; the result does not
+            depend on it. Default None: for a batch of B images, max(B, 64) on a CPU (smaller passes are
+            faster there: each reuses the memory of the one before) and elsewhere max(B, 2²² pixels / (H·W))
+            (4,096 images of 32×32, 83 of 224×224: few kernel launches, bounded memory). Unlike captum's
+            None (all B·(steps + 1) images at once), the default does not run out of memory at large sizes.
         score: ``"logit"`` (default) or ``"prob"``: the class score f_t.
         reduce: ``"sum"`` (default) or ``"max"`` of |a| over channels.
         blur_sigma: std of the ``"blur"`` baseline in pixels (default 5).
@@ -115,7 +124,7 @@ class IntegratedGradients(Interpreter):
             # Path images in step-major order: row r = s·B + i is x̄_i + α_s (x_i − x̄_i); each pass builds
             # only its own rows, so the whole path never sits in memory.
             rows = (n + 1) * b
-            chunk = self.internal_batch_size or max(b, DEFAULT_PASS)
+            chunk = self.internal_batch_size or default_pass(x)
             grads = []
             for start in range(0, rows, chunk):
                 r = torch.arange(start, min(start + chunk, rows), device=x.device)
