@@ -48,8 +48,9 @@ class IntegratedGradients(Interpreter):
         internal_batch_size: at most this many path images per forward pass; the result does not
             depend on it. Default None: for a batch of B images, max(B, 64) on a CPU (smaller passes are
             faster there: each reuses the memory of the one before) and elsewhere max(B, 2²² pixels / (H·W))
-            (4,096 images of 32×32, 83 of 224×224: few kernel launches, bounded memory). Unlike captum's
-            None (all B·(steps + 1) images at once), the default does not run out of memory at large sizes.
+            (4,096 images of 32×32, 83 of 224×224: few kernel launches). Unlike captum's None (all
+            B·(steps + 1) images at once), the default needs the memory of one such pass however many
+            ``steps`` there are.
         score: ``"logit"`` (default) or ``"prob"``: the class score f_t.
         reduce: ``"sum"`` (default) or ``"max"`` of |a| over channels.
         blur_sigma: std of the ``"blur"`` baseline in pixels (default 5).
