@@ -52,15 +52,19 @@ def smooth_step(z: Tensor, tau: float = 1e-4) -> Tensor:
 
 
 def _forward_parts(grad_out: Tensor, z: Tensor, tau: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(grad_out · h(z), h(z), h'(z)) as one expression, for ``torch.compile`` to fuse into one pass."""
+    """(grad_out · h(z), h(z), grad_out · h'(z)) as one expression, for ``torch.compile`` to fuse into one pass.
+
+    The double backward needs grad_out only through grad_out · h'(z), so that product is what is saved:
+    two tensors per activation instead of three (grad_out, h, h').
+    """
     r = torch.rsqrt(z * z + tau)
     h = z * r + (z < 0).to(z.dtype)
-    return grad_out * h, h, tau * r * r * r
+    return grad_out * h, h, grad_out * (tau * r * r * r)
 
 
-def _backward_parts(gg: Tensor, grad_out: Tensor, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
-    """(gg · h, gg · grad_out · h'): both gradients of :class:`SmoothReLUBackward` in one pass."""
-    return gg * h, gg * grad_out * dh
+def _backward_parts(gg: Tensor, h: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    """(gg · h, gg · q), q = grad_out · h'(z): both gradients of :class:`SmoothReLUBackward` in one pass."""
+    return gg * h, gg * q
 
 
 _KERNELS: dict[str, Callable] = {}
@@ -107,11 +111,11 @@ class SmoothReLUBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad_out: Tensor, z: Tensor, tau: float, fused: bool = False) -> Tensor:
-        ctx.fused = fused
         parts = _fused("forward", _forward_parts, grad_out, z, tau) if fused else None
+        ctx.fused = parts is not None  # what was saved: (h, grad_out · h') fused, (grad_out, h, h') eager
         if parts is not None:
-            out, h, dh = parts
-            ctx.save_for_backward(grad_out, h, dh if ctx.needs_input_grad[1] else None)
+            out, h, q = parts
+            ctx.save_for_backward(h, q if ctx.needs_input_grad[1] else None)
             return out
         # Few passes over z, in place where possible: on a CPU these elementwise passes, not the
         # convolutions, are what an ADV² step against GRAD adds to the double-backward floor.
@@ -126,11 +130,16 @@ class SmoothReLUBackward(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gg: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        if ctx.fused:
+            h, q = ctx.saved_tensors
+            if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+                parts = _fused("backward", _backward_parts, gg, h, q)
+                if parts is not None:
+                    return *parts, None, None
+            d_grad_out = gg * h if ctx.needs_input_grad[0] else None
+            d_z = gg * q if ctx.needs_input_grad[1] else None
+            return d_grad_out, d_z, None, None
         grad_out, h, dh = ctx.saved_tensors
-        if ctx.fused and ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
-            parts = _fused("backward", _backward_parts, gg, grad_out, h, dh)
-            if parts is not None:
-                return *parts, None, None
         d_grad_out = gg * h if ctx.needs_input_grad[0] else None
         d_z = torch.mul(gg, grad_out).mul_(dh) if ctx.needs_input_grad[1] else None
         return d_grad_out, d_z, None, None
