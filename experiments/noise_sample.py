@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1, help="draw of the images and their noise")
     p.add_argument("--gate-sharpness", type=float, default=None, help="default: the checkpoint's")
     args = p.parse_args()
+    if args.gate_sharpness is not None and not args.gate_sharpness > 0:
+        p.error(f"--gate-sharpness must be > 0, got {args.gate_sharpness}")
     classifier, rts, rtsa, data, _ = load_run(args.run_dir)
     classifier.eval()
     if rtsa.presence is None:
