@@ -79,6 +79,51 @@ def test_smooth_relu_backward_has_the_exact_derivatives_of_grad_times_h():
     assert torch.autograd.gradcheck(lambda g, z: SmoothReLUBackward.apply(g, z, tau), (g, z))
 
 
+def _smooth_relu_reference(z: torch.Tensor, tau: float) -> torch.Tensor:
+    """ReLU(z) in value, with the gradients of an antiderivative of h (plain autograd, any order)."""
+    s = torch.where(z < 0, z, torch.zeros_like(z)) + (z * z + tau).sqrt()
+    return z.clamp_min(0).detach() + (s - s.detach())
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_double_backward_computes_h_once_per_activation_and_matches_autograd(monkeypatch, retain):
+    # The second backward reuses the h(z) of the first (create_graph) one; the gradients are those of
+    # plain autograd through an antiderivative of h, also when the graph is kept and used again.
+    import importlib
+
+    srelu = importlib.import_module("aid.interpreters.smooth_relu")
+    calls = []
+    real = srelu._step_eager
+    monkeypatch.setattr(srelu, "_step_eager", lambda z, tau: calls.append(z.shape) or real(z, tau))
+    tau = 1e-2
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    x0 = torch.randn(4, 5, dtype=torch.float64)
+
+    def input_grad(act):
+        x = x0.clone().requires_grad_(True)
+        logits = act(x @ w1.T) @ w2.T
+        (g,) = torch.autograd.grad(logits[:, 0].sum(), x, create_graph=True)
+        loss = logits.logsumexp(1).sum() + (g * g).sum()
+        (g2,) = torch.autograd.grad(loss, x, retain_graph=retain)
+        again = torch.autograd.grad(loss, x)[0] if retain else g2
+        return g, g2, again
+
+    ours = input_grad(lambda z: smooth_relu_fn(z, tau))
+    assert len(calls) == (2 if retain else 1)  # a third backward recomputes h: the cache serves once
+    expected = input_grad(lambda z: _smooth_relu_reference(z, tau))
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_first_order_backward_is_grad_times_h():
+    tau = 1e-2
+    z = torch.linspace(-0.3, 0.3, 11, dtype=torch.float64).requires_grad_(True)
+    g = torch.linspace(1, 2, 11, dtype=torch.float64)
+    (dz,) = torch.autograd.grad(smooth_relu_fn(z, tau), z, g)
+    torch.testing.assert_close(dz, g * smooth_step(z.detach(), tau))
+
+
 def test_smooth_grad_map_has_a_finite_nonzero_input_gradient_and_plain_relu_has_none(tiny_classifier, batch):
     x, t = batch
     plain = map_loss_grad(build_interpreter("grad", tiny_classifier), x, t)

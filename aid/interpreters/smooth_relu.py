@@ -86,63 +86,91 @@ def _fused(name: str, fn: Callable, *args):
         return None
 
 
+def _step_eager(z: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """(h(z), r) with r = 1/sqrt(z² + τ), in few passes over z (in place where possible).
+
+    Every eager computation of h goes through here, so the same z always gives bit-identical h.
+    """
+    # On a CPU these elementwise passes, not the convolutions, are what an ADV² step against GRAD adds
+    # to the double-backward floor.
+    r = torch.mul(z, z).add_(tau).rsqrt_()
+    # The step written as floats in one pass (adding the bool mask would convert it in another).
+    h = torch.mul(z, r).add_(torch.lt(z, 0, out=torch.empty_like(z)))
+    return h, r
+
+
 class SmoothReLUFunction(torch.autograd.Function):
     """ReLU forward, ``grad · h(z)`` backward. The backward is itself a differentiable function
     (:class:`SmoothReLUBackward`), so double backward (the gradient of a loss on a gradient map) flows
-    through h'(z)."""
+    through h'(z).
+
+    A double backward runs this backward twice: once with ``create_graph`` (building the map) and
+    once more without, for the gradient that flows back along the forward graph. The first call
+    leaves h(z) on the context and the second multiplies by it instead of recomputing h from z
+    (the same numbers: h is a function of the saved z alone)."""
 
     @staticmethod
     def forward(ctx, z: Tensor, tau: float, fused: bool = False) -> Tensor:
         ctx.save_for_backward(z)
-        ctx.tau, ctx.fused = tau, fused
+        ctx.tau, ctx.fused, ctx.h = tau, fused, None
         return z.clamp_min(0)  # not F.relu: that name may be patched by smooth_relu()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
-        (z,) = ctx.saved_tensors
-        return SmoothReLUBackward.apply(grad_out, z, ctx.tau, ctx.fused), None, None
+        (z,) = ctx.saved_tensors  # unpacking checks that z was not modified in place since
+        if torch.is_grad_enabled():  # create_graph: this backward must itself be differentiable
+            return SmoothReLUBackward.apply(grad_out, z, ctx.tau, ctx.fused, ctx), None, None
+        h, ctx.h = ctx.h, None  # used once: a later backward (retain_graph) recomputes it
+        if h is None:
+            parts = _fused("forward", _forward_parts, grad_out, z, ctx.tau) if ctx.fused else None
+            if parts is not None:
+                return parts[0], None, None
+            h = _step_eager(z, ctx.tau)[0]
+        return grad_out * h, None, None
 
 
 class SmoothReLUBackward(torch.autograd.Function):
     """``grad_out · h(z)`` with its own closed-form backward, for the double backward of ADV² on GRAD:
     ∂/∂grad_out = h(z) and ∂/∂z = grad_out · h'(z), h'(z) = τ / (z² + τ)^{3/2}. Written by hand rather
     than traced through the ops of :func:`smooth_step`, whose recorded graph (mul, rsqrt, where, ...) is
-    a large share of an ADV² step against GRAD. Third derivatives are not supported."""
+    a large share of an ADV² step against GRAD. Third derivatives are not supported.
+
+    ``owner``: the context of the :class:`SmoothReLUFunction` whose backward this is, or None; h(z)
+    is left on it for that function's second backward."""
 
     @staticmethod
-    def forward(ctx, grad_out: Tensor, z: Tensor, tau: float, fused: bool = False) -> Tensor:
+    def forward(ctx, grad_out: Tensor, z: Tensor, tau: float, fused: bool = False, owner=None) -> Tensor:
         parts = _fused("forward", _forward_parts, grad_out, z, tau) if fused else None
         ctx.fused = parts is not None  # what was saved: (h, grad_out · h') fused, (grad_out, h, h') eager
         if parts is not None:
             out, h, q = parts
             ctx.save_for_backward(h, q if ctx.needs_input_grad[1] else None)
-            return out
-        # Few passes over z, in place where possible: on a CPU these elementwise passes, not the
-        # convolutions, are what an ADV² step against GRAD adds to the double-backward floor.
-        r = torch.mul(z, z).add_(tau).rsqrt_()
-        # The step written as floats in one pass (adding the bool mask would convert it in another).
-        h = torch.mul(z, r).add_(torch.lt(z, 0, out=torch.empty_like(z)))
-        # h'(z) = τ·r³ is needed only by a double backward, i.e. when z is part of a graph.
-        dh = r.pow_(3).mul_(tau) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(grad_out, h, dh)
-        return grad_out * h
+        else:
+            h, r = _step_eager(z, tau)
+            # h'(z) = τ·r³ is needed only by a double backward, i.e. when z is part of a graph.
+            dh = r.pow_(3).mul_(tau) if ctx.needs_input_grad[1] else None
+            ctx.save_for_backward(grad_out, h, dh)
+            out = grad_out * h
+        if owner is not None:
+            owner.h = h
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gg: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx, gg: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         if ctx.fused:
             h, q = ctx.saved_tensors
             if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
                 parts = _fused("backward", _backward_parts, gg, h, q)
                 if parts is not None:
-                    return *parts, None, None
+                    return *parts, None, None, None
             d_grad_out = gg * h if ctx.needs_input_grad[0] else None
             d_z = gg * q if ctx.needs_input_grad[1] else None
-            return d_grad_out, d_z, None, None
+            return d_grad_out, d_z, None, None, None
         grad_out, h, dh = ctx.saved_tensors
         d_grad_out = gg * h if ctx.needs_input_grad[0] else None
         d_z = torch.mul(gg, grad_out).mul_(dh) if ctx.needs_input_grad[1] else None
-        return d_grad_out, d_z, None, None
+        return d_grad_out, d_z, None, None, None
 
 
 def smooth_relu_fn(z: Tensor, tau: float = 1e-4, fused: bool = False) -> Tensor:
