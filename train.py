@@ -30,6 +30,7 @@ from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from aid.checkpoints import UnsafeCheckpointError, load_checkpoint
+from aid.cpu_allocator import keep_freed_memory
 from aid.runs import RunLock, RunLockedError, RunStatus, data_description, run_folder, run_identity, wait_for_record
 from aid.runs.prerequisites import (
     INHERITED_MODEL,
@@ -462,6 +463,7 @@ def main(argv: list[str] | None = None, default_subcommand: str = "fit") -> AIDC
     if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         argv = [default_subcommand, *argv]
     argv = resolve_config_args(argv)
+    keep_freed_memory()
     # We pass the (rewritten) command line as ``args`` on purpose; Lightning's warning about it is noise.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     cli = None

@@ -78,7 +78,14 @@ def base_parser(description: str, batch: int = 32, image_size: int = 32, repeats
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill quick / default values, set the thread count and resolve the device (``args.device_obj``)."""
+    """Fill quick / default values, set the thread count and resolve the device (``args.device_obj``).
+
+    Also applies :func:`aid.cpu_allocator.keep_freed_memory`, as ``train.py`` does: every contender of a
+    benchmark then runs under the malloc settings a training run has (``env.malloc`` in the JSON).
+    """
+    from aid.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()
     if args.batch is None:
         args.batch = 8 if args.quick else args._default_batch
     if args.repeats is None:
@@ -344,6 +351,8 @@ def time_one(fn: Callable[[], Any], device: torch.device, repeats: int = 10, war
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and the machine, stored beside every result."""
+    from aid.cpu_allocator import allocator_setting
+
     env: dict[str, Any] = {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -351,6 +360,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "processor": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "malloc": allocator_setting(),
         "device": str(device),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

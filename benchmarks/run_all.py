@@ -29,6 +29,8 @@ from pathlib import Path
 
 import common
 
+from aid.cpu_allocator import keep_freed_memory
+
 HERE = Path(__file__).resolve().parent
 #: Case -> (script, extra arguments of its acceptance run); the scripts' defaults are the embedded
 #: classifier (resnet10t, 32 px); the ``@resnet18-64`` cases time a torchvision-sized model at 64 px.
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--runs must be >= 1, got {args.runs}")
 
     device = common.resolve_device(args.device)
+    keep_freed_memory()  # as every script does (common.finish_args), so that env.malloc says what they ran under
     names = select(args.only)
     if args.out:
         out = Path(args.out)
