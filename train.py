@@ -12,6 +12,9 @@ Bare config names are looked up under ``configs/``. Besides Lightning's own argu
   path of each one's ``best`` or ``last`` checkpoint goes to this run's ``provides`` key;
 - ``--best_checkpoint {monitor: val/acc, mode: max}``: also keep ``checkpoints/best.ckpt`` (``last.ckpt``,
   the newest, is always kept; ``--last_checkpoint {every_n_train_steps: N}`` saves it more often).
+
+Before anything runs, glibc's malloc is told to keep freed memory for reuse (:mod:`aid.cpu_allocator`;
+CPU tensors then stop paying page faults every step; ``AID_KEEP_FREED_MEMORY=0`` turns it off).
 """
 
 from __future__ import annotations

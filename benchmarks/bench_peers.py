@@ -13,7 +13,7 @@
     ``ClassifierOutputTarget`` (numpy output, its own min-max and cv2 resize, hooks registered per call,
     untimed); IG: ours (trapezoid, ``steps = n − 1`` intervals) vs captum ``IntegratedGradients(n_steps=n,
     method="riemann_trapezoid")`` (+ |·|, channel sum, min-max): both evaluate n gradients on the same
-    path points; ours by default in passes of max(B, 64) path images on a CPU (``default_pass``), captum
+    path points; ours by default in passes of max(B, 2^19 / pixels) path images on a CPU (``default_pass``), captum
     all B·n at once (its default) and, for reference, with the same ``internal_batch_size``.
 
 Peers get the model in eval mode with its parameters' ``requires_grad`` as a user leaves them (True);
@@ -210,8 +210,8 @@ def bench_interpreters(args, clf, x, target) -> tuple[list, list, dict]:
         f"(b) Integrated Gradients, {n} gradient evaluations, batch {args.batch}",
         ["contender", "median_ms", "iqr_ms", "ratio", "paired", "extra_mb", "max_abs_diff"], rows,
         f"{PAIRED} ours: steps = n - 1 trapezoid intervals, by default {passes} path images per pass "
-        "(internal_batch_size None: max(B, 64) on a CPU, max(B, 2^22 / pixels) elsewhere); captum: n_steps = n, "
-        "riemann_trapezoid (same points), by default all "
+        "(internal_batch_size None: max(B, 2^19 / pixels) on a CPU, max(B, 2^22 / pixels) elsewhere); "
+        "captum: n_steps = n, riemann_trapezoid (same points), by default all "
         "B·n path images in one pass; the last row gives captum our passes.",
     ))
     r = common.paired_ratio(s["ours ig"], peer)

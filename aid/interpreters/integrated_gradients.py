@@ -14,18 +14,19 @@ from aid.model_state import frozen_eval
 from aid.models import Classifier, check_images
 
 REDUCTIONS = ("sum", "max")
-#: Default pass sizes (path images per forward pass) of :class:`IntegratedGradients`: on a CPU at least
-#: this many images; on an accelerator at least this many pixels.
-CPU_PASS_IMAGES = 64
+#: Default pass sizes of :class:`IntegratedGradients`, in pixels of path images per forward pass: on a CPU
+#: about half a million (larger passes leave the caches and the heap the allocator reuses; smaller ones
+#: pay per-pass overhead), on an accelerator four million (few kernel launches).
+CPU_PASS_PIXELS = 2**19
 ACCELERATOR_PASS_PIXELS = 2**22
 
 
 def default_pass(x: Tensor) -> int:
-    """Path images per forward pass for a batch x (B, C, H, W) when ``internal_batch_size`` is None."""
+    """Path images per forward pass for a batch x (B, C, H, W) when ``internal_batch_size`` is None:
+    the whole batch, or more images up to the device's pixel budget."""
     b, (h, w) = x.shape[0], x.shape[-2:]
-    if x.device.type == "cpu":
-        return max(b, CPU_PASS_IMAGES)
-    return max(b, ACCELERATOR_PASS_PIXELS // (h * w))
+    budget = CPU_PASS_PIXELS if x.device.type == "cpu" else ACCELERATOR_PASS_PIXELS
+    return max(b, budget // (h * w))
 
 
 @INTERPRETERS.register("ig")
@@ -46,9 +47,10 @@ class IntegratedGradients(Interpreter):
             (x blurred by a Gaussian of std ``blur_sigma`` pixels) or a tensor broadcastable to x.
         steps: number of trapezoid intervals (default 32).
         internal_batch_size: at most this many path images per forward pass; the result does not
-            depend on it. Default None: for a batch of B images, max(B, 64) on a CPU (smaller passes are
-            faster there: each reuses the memory of the one before) and elsewhere max(B, 2²² pixels / (H·W))
-            (4,096 images of 32×32, 83 of 224×224: few kernel launches). Unlike captum's None (all
+            depend on it. Default None: for a batch of B images, max(B, 2¹⁹ pixels / (H·W)) on a CPU
+            (512 images of 32×32, 128 of 64×64: each pass reuses the memory of the one before) and
+            elsewhere max(B, 2²² pixels / (H·W)) (4,096 images of 32×32, 83 of 224×224: few kernel
+            launches). Unlike captum's None (all
             B·(steps + 1) images at once), the default needs the memory of one such pass however many
             ``steps`` there are.
         score: ``"logit"`` (default) or ``"prob"``: the class score f_t.
