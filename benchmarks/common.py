@@ -352,6 +352,7 @@ def time_one(fn: Callable[[], Any], device: torch.device, repeats: int = 10, war
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and the machine, stored beside every result."""
     from aid.cpu_allocator import allocator_setting
+    from aid.interpreters import smooth_relu_native
 
     env: dict[str, Any] = {
         "torch": torch.__version__,
@@ -361,6 +362,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "malloc": allocator_setting(),
+        "smooth_relu_kernels": smooth_relu_native.status(),
         "device": str(device),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

@@ -14,6 +14,10 @@ it equals r(z) up to O(τ / z²) away from 0 and its own derivative τ / (z² + 
 everywhere, which is what the attack needs. (As in the paper, h jumps from 1 to 0 at z = 0, within a
 band of width ~sqrt(τ) = 0.01.)
 
+On a CPU, float32 activations go through C++ autograd functions (:mod:`aid.interpreters.smooth_relu_native`,
+compiled on first use; PyTorch ops where that cannot be built): the same numbers, bit for bit, in one pass
+per backward and with less memory held between the two backward passes of a double backward.
+
 With ``fused=True`` the elementwise work of h(z) (and of its double backward) runs as one
 ``torch.compile``d kernel per pass instead of several eager passes over the activations: the same
 numbers up to rounding, faster where those passes cost (memory-bound elementwise work; a CPU, a GPU at
@@ -41,6 +45,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from aid.interpreters import smooth_relu_native as native
 
 SURROGATES = ("h", "softplus")
 
@@ -174,7 +180,13 @@ class SmoothReLUBackward(torch.autograd.Function):
 
 
 def smooth_relu_fn(z: Tensor, tau: float = 1e-4, fused: bool = False) -> Tensor:
-    """ReLU(z) with the smooth backward h(z) (any shape); ``fused``: compiled elementwise kernels."""
+    """ReLU(z) with the smooth backward h(z) (any shape); ``fused``: compiled elementwise kernels.
+
+    A float32 CPU z that needs a gradient goes through the C++ functions of
+    :mod:`aid.interpreters.smooth_relu_native` (the same numbers, bit for bit; built on first use) unless
+    ``fused`` or ``AID_NATIVE_SMOOTH_RELU=0``; anything else through :class:`SmoothReLUFunction`."""
+    if not fused and z.requires_grad and torch.is_grad_enabled() and native.applies(z):
+        return native.smooth_relu(z, tau)
     return SmoothReLUFunction.apply(z, tau, fused)
 
 
