@@ -5,7 +5,10 @@
     mode (labels passed = target classes). Both run S steps from the same [0, 1] batch; the time per
     call is divided by S. Ours includes its input check, freezing the model and the final evaluation
     (one extra forward pass that fills ``success`` / ``confidence``); torchattacks returns only the
-    images. A breakdown row times our loop alone (``perturb``), the check and the evaluation.
+    images. Those come once per call, so the ratio per step depends on S: S = 60 by default, the PGD
+    that the main job evaluates (``pgd: {steps: 60}``), where the evaluation adds one forward pass per 60
+    steps (one per 10 at S = 10). A breakdown row times our loop alone (``perturb``), the check and the
+    evaluation.
 (b) Interpreters, each producing the same (B, 1, H, W) min-max-normalised map unless said otherwise:
     GRAD: ours vs captum ``Saliency(abs=True)`` (+ channel max + per-image min-max = our map; the raw
     (B, C, H, W) saliency is timed too); Grad-CAM: ours vs captum ``LayerGradCam(relu_attributions=True)``
@@ -20,8 +23,8 @@ Peers get the model in eval mode with its parameters' ``requires_grad`` as a use
 ours freeze the parameters inside their call. Acceptance (batch 32): PGD ratio ours/torchattacks ≤ 1.05;
 GRAD, Grad-CAM and IG ≤ 1.02× captum; Grad-CAM faster than pytorch-grad-cam.
 
-    python benchmarks/bench_peers.py                # acceptance settings (batch 32, S = 10, 10 repeats;
-                                                    # 30 for the cheap GRAD and Grad-CAM calls)
+    python benchmarks/bench_peers.py                # acceptance settings (batch 32, S = 60, 5 PGD rounds,
+                                                    # 10 IG rounds, 30 for the cheap GRAD and Grad-CAM calls)
     python benchmarks/bench_peers.py --profile      # + torch.profiler top ops of both PGDs
 """
 
@@ -73,7 +76,7 @@ def bench_pgd(args, clf, x, target) -> tuple[dict, list, dict]:
             "ours check_images": lambda: check_images(x, clf),
             "ours evaluate (1 forward)": lambda: ours.evaluate(x, target),
         },
-        args.device_obj, args.repeats, args.warmup,
+        args.device_obj, args.pgd_repeats, args.warmup,
     )
     ref = stats["torchattacks PGD"].median
     rows = []
@@ -242,7 +245,10 @@ def profile_pgd(args, clf, x, target) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=None, help="PGD steps S (default 10; 3 with --quick)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="PGD steps S (default 60, the main job's evaluation PGD; 3 with --quick)")
+    p.add_argument("--pgd-repeats", type=int, default=None,
+                   help="timed rounds of the PGD table (default --repeats / 2, at least 3; 2 with --quick)")
     p.add_argument("--ig-steps", type=int, default=None, help="IG gradient evaluations n (default 32; 8 quick)")
     p.add_argument("--map-repeats", type=int, default=None,
                    help="timed rounds of the GRAD and Grad-CAM tables (default 3 x --repeats; 2 with --quick)")
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--profile", action="store_true", help="print torch.profiler top ops of both PGDs")
     p.add_argument("--profile-rows", type=int, default=15)
     args = common.finish_args(p.parse_args(argv))
-    args.steps = args.steps or (3 if args.quick else 10)
+    args.steps = args.steps or (3 if args.quick else 60)
+    args.pgd_repeats = args.pgd_repeats or (2 if args.quick else max(3, args.repeats // 2))
     args.ig_steps = args.ig_steps or (8 if args.quick else 32)
     args.map_repeats = args.map_repeats or (2 if args.quick else 3 * args.repeats)
     clf = common.build_model(args)
