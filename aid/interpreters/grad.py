@@ -70,9 +70,10 @@ class Grad(Interpreter):
         beta: β of the softplus surrogate (default 10).
         pool: average-pool factor of the map (default 1; the authors' 4). Sides that it does not
             divide end in a smaller last cell (``ceil_mode``).
-        fused: with ``smooth`` and the ``"h"`` surrogate, run h(z)'s elementwise passes as compiled
-            kernels (:mod:`aid.interpreters.smooth_relu`; faster ADV² steps against GRAD after a
-            one-off compilation; default False). ADV² against GRAD inherits it from this interpreter.
+        fused: with ``smooth`` and the ``"h"`` surrogate, run h(z)'s elementwise passes as
+            ``torch.compile``d kernels (:mod:`aid.interpreters.smooth_relu`; after a one-off compilation,
+            on any device; default False: on a CPU, C++ functions with the eager passes' numbers). ADV²
+            against GRAD inherits it from this interpreter.
 
     Shapes: x (B, C, H, W) in [0, 1], target (B,) -> maps (B, 1, H, W) in [0, 1].
 

@@ -20,10 +20,10 @@ per backward and with less memory held between the two backward passes of a doub
 
 With ``fused=True`` the elementwise work of h(z) (and of its double backward) runs as one
 ``torch.compile``d kernel per pass instead of several eager passes over the activations: the same
-numbers up to rounding, faster where those passes cost (memory-bound elementwise work; a CPU, a GPU at
-large activations), at the price of a compilation on first use (tens of seconds on a small CPU, then
-cached on disk by torch). Where compilation fails (no C++ compiler, no Triton) it warns once and runs
-the eager passes.
+numbers up to rounding, on any device (a GPU at large activations, where the eager passes cost), at the
+price of a compilation on first use (tens of seconds on a small CPU, then cached on disk by torch) and
+a call overhead per activation. It takes precedence over the C++ functions. Where compilation fails (no
+C++ compiler, no Triton) it warns once and runs the eager passes.
 
 The alternative of Dombrowski et al. (2019) replaces ReLU by softplus with a large β in the forward
 *and* backward pass (``surrogate="softplus"``); the forward pass then differs slightly from ReLU.
