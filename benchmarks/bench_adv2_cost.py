@@ -19,7 +19,9 @@ One step is timed through the attacks' own pieces, as their loops run them (mode
 
 Two bare steps give the floor of any GRAD attack at this size: a bare PGD step (forward, cross-entropy,
 input gradient, signed step) and a bare double-backward step (the same, but the input gradient is taken
-with ``create_graph`` and a second gradient is taken through it). Targets at batch 32: GRAD (and
+with ``create_graph`` and a second gradient is taken through it); informative, the same through the smooth
+ReLU h(z), and on a CPU once more through PyTorch ops instead of the C++ kernels
+(:mod:`aid.interpreters.smooth_relu_native`). Targets at batch 32: GRAD (and
 grad_fused) ≤ max(2.8, 1.1 × bare double-backward / bare PGD), CAM ≤ 1.5×, RTS ≤ 2.5× one PGD step (all
 from the same run).
 ``--profile FAMILY`` prints torch.profiler's top operators of that family's step (and of the PGD step)
@@ -31,6 +33,8 @@ to show where the floor is.
 
 from __future__ import annotations
 
+import os
+
 import common
 import torch
 import torch.nn.functional as F
@@ -41,7 +45,7 @@ from aid.attacks.pgd import PGD, signed_step
 from aid.attacks.schedules import BestIterate
 from aid.attacks.strategies import unique_modules
 from aid.attacks.targets import benign_target_maps
-from aid.interpreters import build_interpreter
+from aid.interpreters import build_interpreter, smooth_relu_native
 from aid.interpreters.rts import RTSInterpreter, RTSMasker
 from aid.interpreters.smooth_relu import smooth_relu
 
@@ -53,6 +57,7 @@ WORK = {
     "bare pgd": "f fwd, CE, input grad, signed_step (no checks, no bookkeeping)",
     "bare double bwd": "f fwd, CE, input grad with create_graph, grad of CE + |grad| (the GRAD floor)",
     "bare double bwd, h(z)": "bare double bwd with the smooth ReLU backward h(z), as ADV2 against GRAD needs",
+    "bare double bwd, h(z), ops": "the same with h(z) through PyTorch ops (AID_NATIVE_SMOOTH_RELU=0), not C++",
     "grad": "one f fwd (logits and map), bwd with graph, double bwd through h(z)",
     "grad_fused": "grad, with h(z) and its derivatives as compiled kernels (fused=True)",
     "cam": "one backbone fwd (logits and CAM from the same features) + bwd",
@@ -146,7 +151,21 @@ def bare_steps(clf, x, x_adv0, target) -> dict:
         with smooth_relu(clf):
             return bare_double()
 
-    return {"bare pgd": bare_pgd, "bare double bwd": bare_double, "bare double bwd, h(z)": bare_double_h}
+    def bare_double_h_ops():
+        old = os.environ.get(smooth_relu_native.ENV)
+        os.environ[smooth_relu_native.ENV] = "0"
+        try:
+            return bare_double_h()
+        finally:
+            if old is None:
+                del os.environ[smooth_relu_native.ENV]
+            else:
+                os.environ[smooth_relu_native.ENV] = old
+
+    steps = {"bare pgd": bare_pgd, "bare double bwd": bare_double, "bare double bwd, h(z)": bare_double_h}
+    if smooth_relu_native.applies(x):  # the same step through PyTorch ops instead of the C++ kernels
+        steps["bare double bwd, h(z), ops"] = bare_double_h_ops
+    return steps
 
 
 def grad_target(stats) -> float:
@@ -194,6 +213,10 @@ def bench_steps(args, clf, x, target, families):
     smooth = common.paired_ratio(stats["bare double bwd, h(z)"], stats["bare double bwd"])
     checks.append(common.check(f"bare double bwd through h(z) / bare double bwd (informative, {args.image_size} px)",
                                smooth, "-", True))
+    if "bare double bwd, h(z), ops" in stats:
+        ops = common.paired_ratio(stats["bare double bwd, h(z), ops"], stats["bare double bwd"])
+        checks.append(common.check(f"the same, h(z) through PyTorch ops (informative, {args.image_size} px)",
+                                   ops, "-", True))
     for name in ("grad", "grad_fused"):
         if name in stats:
             r = common.paired_ratio(stats[name], stats["bare double bwd, h(z)"])
