@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("smooth_relu_native.cpp")
 ENV = "AID_NATIVE_SMOOTH_RELU"
+NAME = "aid_smooth_relu"
 # -ffp-contract=off: a multiply-add fused into one rounding would change the last bit against the
 # PyTorch ops; -fno-math-errno lets the compiler vectorise the square roots (they never see a negative).
 CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
@@ -61,14 +63,27 @@ def _build() -> ModuleType | None:
             from torch.utils.cpp_extension import load
         finally:
             cpp_log.setLevel(level)
+        _say_if_first_build()
         # verbose=False: torch prints nothing when the cached library is current.
-        return load(name="aid_smooth_relu", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                    extra_ldflags=["-fopenmp"], verbose=False)
+        return load(name=NAME, sources=[str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no ninja, a read-only cache: the PyTorch ops give the same numbers
         _state["error"] = repr(err)
         warnings.warn(f"smooth ReLU: could not build its CPU kernels ({err!r:.300}); using PyTorch ops (the "
                       f"same numbers, slower). Set {ENV}=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
         return None
+
+
+def _say_if_first_build() -> None:
+    """One line on stderr when no library is cached yet: the build pauses the first ADV² step for ~30 s."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        build_dir = Path(_get_build_directory(NAME, False))
+        if not any(build_dir.glob(f"{NAME}*.so")):
+            print(f"smooth ReLU: building its C++ CPU kernels once (about 30 s; cached in {build_dir})",
+                  file=sys.stderr, flush=True)
+    except Exception:  # a private torch helper: never let the message break the build
+        pass
 
 
 def applies(z: Tensor) -> bool:
