@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "bench_batch_scaling": ("bench_batch_scaling", []),
     "bench_aid_epoch": ("bench_aid_epoch", []),
     "bench_switches": ("bench_switches", []),
+    "bench_paper_scale": ("bench_paper_scale", []),
 }
 
 
