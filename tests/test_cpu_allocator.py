@@ -33,12 +33,13 @@ STEPS = textwrap.dedent("""
             logits = clf(xa)
             (g,) = torch.autograd.grad(logits[:, 0].sum(), xa, create_graph=True)
             torch.autograd.grad(logits.logsumexp(1).sum() + g.abs().sum(), xa)
-    for _ in range(2):
+    # Warm-up steps first: with freed memory kept, the heap grows to its working size once, then stops.
+    for _ in range(6):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
+    for _ in range(6):
         step()
-    print(allocator_setting(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4, sep="|")
+    print(allocator_setting(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 6, sep="|")
 """)
 
 
@@ -52,14 +53,17 @@ def faults_per_step(mode: str) -> tuple[str, float]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_keeping_freed_memory_removes_most_page_faults_of_repeated_double_backward_steps():
-    default_setting, default = faults_per_step("default")
-    setting, kept = faults_per_step("keep")
+    # Two processes of each: how much glibc's default gives back (and faults in again) varies from one
+    # process to the next, by a factor of up to ten here.
+    (default_setting, d1), (_, d2) = faults_per_step("default"), faults_per_step("default")
+    (setting, k1), (_, k2) = faults_per_step("keep"), faults_per_step("keep")
     if setting == "unchanged (not glibc)":
         pytest.skip("not glibc")
     assert default_setting == "not asked" and setting == "keep freed memory"
+    default, kept = (d1 + d2) / 2, (k1 + k2) / 2
     if default <= 200:
         pytest.skip(f"this C library's default malloc faults little here ({default:.0f} pages per step)")
-    assert kept <= 0.2 * default
+    assert kept <= 0.2 * default, (d1, d2, k1, k2)
 
 
 @pytest.mark.parametrize(("env", "words"), [
