@@ -42,17 +42,18 @@ inline float h_of(float z, float t, float& r) {
   return s + (z < 0.0f ? 1.0f : 0.0f);
 }
 
-AID_CLONES void times_h(const float* __restrict__ z, const float* __restrict__ g, float* __restrict__ out,
-                        float t, int64_t b, int64_t e) {
+// The loops over elements [b, e) of z's memory (one task of at::parallel_for).
+AID_CLONES void times_h_loop(const float* __restrict__ z, const float* __restrict__ g, float* __restrict__ out,
+                             float t, int64_t b, int64_t e) {
   for (int64_t i = b; i < e; ++i) {
     float r;
     out[i] = g[i] * h_of(z[i], t, r);
   }
 }
 
-AID_CLONES void double_backward(const float* __restrict__ z, const float* __restrict__ g,
-                                const float* __restrict__ gg, float* __restrict__ d_g, float* __restrict__ d_z,
-                                float* __restrict__ h, float t, int64_t b, int64_t e) {
+AID_CLONES void double_backward_loop(const float* __restrict__ z, const float* __restrict__ g,
+                                     const float* __restrict__ gg, float* __restrict__ d_g, float* __restrict__ d_z,
+                                     float* __restrict__ h, float t, int64_t b, int64_t e) {
   for (int64_t i = b; i < e; ++i) {
     float r;
     const float hi = h_of(z[i], t, r);
@@ -98,7 +99,7 @@ Tensor times_h(const Tensor& g, const Tensor& z, double tau) {
   const float* gp = gl.const_data_ptr<float>();
   float* op = out.mutable_data_ptr<float>();
   const float t = static_cast<float>(tau);
-  run(z.numel(), [&](int64_t b, int64_t e) { times_h(zp, gp, op, t, b, e); });
+  run(z.numel(), [&](int64_t b, int64_t e) { times_h_loop(zp, gp, op, t, b, e); });
   return out;
 }
 
@@ -119,7 +120,7 @@ std::tuple<Tensor, Tensor, Tensor> double_backward(const Tensor& gg, const Tenso
   float* dzp = d_z.mutable_data_ptr<float>();
   float* hp = h.mutable_data_ptr<float>();
   const float t = static_cast<float>(tau);
-  run(z.numel(), [&](int64_t b, int64_t e) { double_backward(zp, gp, ggp, dgp, dzp, hp, t, b, e); });
+  run(z.numel(), [&](int64_t b, int64_t e) { double_backward_loop(zp, gp, ggp, dgp, dzp, hp, t, b, e); });
   return {d_g, d_z, h};
 }
 
